@@ -1,0 +1,164 @@
+package cas
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/pierrec/lz4/v4"
+)
+
+// Codec names how a stored chunk's payload is encoded. It is the first byte
+// of every encoded chunk, so new codecs can be added without ambiguity.
+type Codec byte
+
+const (
+	// CodecRaw: the payload is the raw chunk.
+	CodecRaw Codec = 0
+	// CodecLZ4: a uvarint raw length followed by one LZ4 block.
+	CodecLZ4 Codec = 1
+)
+
+func (c Codec) String() string {
+	switch c {
+	case CodecRaw:
+		return "raw"
+	case CodecLZ4:
+		return "lz4"
+	}
+	return fmt.Sprintf("codec(%d)", byte(c))
+}
+
+// MaxChunkSize is the largest raw chunk any chunker produces and any store
+// accepts. Decoders refuse to expand past it.
+const MaxChunkSize = 4 << 20
+
+// MaxEncodedSize is the largest valid encoded chunk: a raw chunk of
+// MaxChunkSize plus its header byte.
+const MaxEncodedSize = MaxChunkSize + 1
+
+var (
+	// ErrCorruptChunk means encoded bytes could not be decoded.
+	ErrCorruptChunk = errors.New("cas: corrupt chunk encoding")
+	// ErrChunkTooLarge means a chunk exceeds MaxChunkSize.
+	ErrChunkTooLarge = errors.New("cas: chunk too large")
+	// ErrHashMismatch means decoded bytes do not hash to the expected ID.
+	ErrHashMismatch = errors.New("cas: chunk hash mismatch")
+)
+
+// compressors reuses LZ4 hash tables (64 KiB each) across Encode calls.
+var compressors = sync.Pool{New: func() any { return new(lz4.Compressor) }}
+
+// Encode appends the encoding of the raw chunk to dst and returns it. It
+// uses LZ4 when that makes the chunk smaller, and stores it raw otherwise.
+// It panics only on programmer error (a chunk larger than MaxChunkSize).
+func Encode(dst, raw []byte) []byte {
+	if len(raw) > MaxChunkSize {
+		panic(fmt.Sprintf("cas.Encode: %d-byte chunk exceeds MaxChunkSize", len(raw)))
+	}
+	start := len(dst)
+	bound := 1 + binary.MaxVarintLen32 + lz4.CompressBlockBound(len(raw))
+	dst = grow(dst, bound)
+	buf := dst[start : start+bound]
+	buf[0] = byte(CodecLZ4)
+	h := 1 + binary.PutUvarint(buf[1:], uint64(len(raw)))
+	c := compressors.Get().(*lz4.Compressor)
+	n, err := c.CompressBlock(raw, buf[h:])
+	compressors.Put(c)
+	if err == nil && n > 0 && h+n < 1+len(raw) {
+		return dst[:start+h+n]
+	}
+	dst = dst[:start]
+	dst = append(dst, byte(CodecRaw))
+	return append(dst, raw...)
+}
+
+// EncodedCodec returns the codec of an encoded chunk.
+func EncodedCodec(enc []byte) (Codec, error) {
+	if len(enc) == 0 {
+		return 0, fmt.Errorf("%w: empty", ErrCorruptChunk)
+	}
+	return Codec(enc[0]), nil
+}
+
+// RawSize returns the raw length an encoded chunk decodes to, without decoding it.
+func RawSize(enc []byte) (int, error) {
+	c, err := EncodedCodec(enc)
+	if err != nil {
+		return 0, err
+	}
+	switch c {
+	case CodecRaw:
+		if len(enc)-1 > MaxChunkSize {
+			return 0, ErrChunkTooLarge
+		}
+		return len(enc) - 1, nil
+	case CodecLZ4:
+		n, k := binary.Uvarint(enc[1:])
+		if k <= 0 {
+			return 0, fmt.Errorf("%w: bad length header", ErrCorruptChunk)
+		}
+		if n > MaxChunkSize {
+			return 0, fmt.Errorf("%w: header claims %d bytes", ErrChunkTooLarge, n)
+		}
+		return int(n), nil
+	}
+	return 0, fmt.Errorf("%w: unknown codec %d", ErrCorruptChunk, enc[0])
+}
+
+// Decode appends the raw bytes of an encoded chunk to dst. It never panics
+// on malformed input and never allocates more than MaxChunkSize.
+func Decode(dst, enc []byte) ([]byte, error) {
+	n, err := RawSize(enc)
+	if err != nil {
+		return dst, err
+	}
+	switch Codec(enc[0]) {
+	case CodecRaw:
+		return append(dst, enc[1:]...), nil
+	default: // CodecLZ4, validated by RawSize
+		_, k := binary.Uvarint(enc[1:])
+		start := len(dst)
+		dst = grow(dst, n)
+		m, err := lz4.UncompressBlock(enc[1+k:], dst[start:start+n])
+		if err != nil || m != n {
+			return dst[:start], fmt.Errorf("%w: lz4 block decodes to %d of %d bytes", ErrCorruptChunk, m, n)
+		}
+		return dst[:start+n], nil
+	}
+}
+
+// DecodeVerify decodes enc and checks that the result hashes to id. A
+// mismatch returns an error wrapping ErrHashMismatch.
+func DecodeVerify(dst []byte, id ChunkID, enc []byte) ([]byte, error) {
+	start := len(dst)
+	out, err := Decode(dst, enc)
+	if err != nil {
+		return out, fmt.Errorf("chunk %s: %w", id.Short(), err)
+	}
+	if got := Sum(out[start:]); got != id {
+		return out[:start], &MismatchError{Want: id, Got: got}
+	}
+	return out, nil
+}
+
+// MismatchError reports a chunk whose content does not match its ID.
+type MismatchError struct{ Want, Got ChunkID }
+
+func (e *MismatchError) Error() string {
+	return fmt.Sprintf("chunk %s: content hashes to %s", e.Want, e.Got.Short())
+}
+
+// Unwrap lets errors.Is(err, ErrHashMismatch) match.
+func (e *MismatchError) Unwrap() error { return ErrHashMismatch }
+
+// grow extends b by n bytes of capacity and length, reusing spare capacity.
+func grow(b []byte, n int) []byte {
+	if cap(b)-len(b) < n {
+		nb := make([]byte, len(b), len(b)+n)
+		copy(nb, b)
+		b = nb
+	}
+	return b[:len(b)+n]
+}
