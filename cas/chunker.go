@@ -258,6 +258,11 @@ func (s *Splitter) Write(p []byte) (int, error) {
 		k := min(room, len(p))
 		s.buf = append(s.buf, p[:k]...)
 		p = p[k:]
+		// Cut only a full buffer: scanning a partial one would rescan the
+		// same bytes on every small Write (quadratic for byte-sized writes).
+		if len(s.buf) < cap(s.buf) {
+			continue
+		}
 		if err := s.drain(false); err != nil {
 			return total - len(p), err
 		}
