@@ -8,7 +8,7 @@ DATA ?= ./.stasis
 MNT ?= ./mnt
 TEST_TIMEOUT ?= 15m
 
-.PHONY: all build run check deps fmt-check vet test bench clean guest
+.PHONY: all build run check deps fmt-check vet test bench microbench clean guest
 
 all: build
 
@@ -40,8 +40,15 @@ vet:
 test:
 	$(GO) test -race -timeout $(TEST_TIMEOUT) ./...
 
-bench:
-	$(GO) test -run '^$$' -bench . -benchtime 2x ./...
+## bench: the end-to-end suite (stasis vs local disk, tmpfs, rsync, casync, restic, borg on real
+## guest images); rewrites its section of bench/RESULTS.md and bench/plots/*.png.
+bench: build
+	@scripts/install-deps.sh --bench
+	$(GO) run ./bench/e2e -casfs bin/casfs -out bench/RESULTS.md -plots bench/plots $(BENCH_ARGS)
+
+## microbench: the packages' go test benchmarks (chunkers, codec, blockd, metad, casfs).
+microbench:
+	$(GO) test -run '^$$' -bench . -benchtime 1x ./...
 
 clean:
 	rm -rf bin

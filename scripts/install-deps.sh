@@ -4,12 +4,21 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# --bench: also the peer tools bench/e2e compares against.
+bench=0
+[ "${1:-}" = --bench ] && bench=1
+
 need=()
 command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 command -v qemu-img >/dev/null || need+=(qemu-utils)
 [ -x /bin/busybox ] && /bin/busybox --help 2>&1 | grep -q static || dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 command -v fusermount3 >/dev/null || need+=(fuse3)
 command -v ip >/dev/null || need+=(iproute2)
+if [ $bench = 1 ]; then
+	for t in restic:restic borg:borgbackup casync:casync rsync:rsync; do
+		command -v "${t%%:*}" >/dev/null || need+=("${t#*:}")
+	done
+fi
 
 if [ ${#need[@]} -gt 0 ]; then
 	if [ "$(id -u)" -ne 0 ]; then
