@@ -102,6 +102,11 @@ func RawSize(enc []byte) (int, error) {
 		if n > MaxChunkSize {
 			return 0, fmt.Errorf("%w: header claims %d bytes", ErrChunkTooLarge, n)
 		}
+		if n == 0 {
+			// Encode stores an empty chunk raw; and lz4's decoder
+			// faults on an empty destination (found by FuzzDecode).
+			return 0, fmt.Errorf("%w: empty lz4 chunk", ErrCorruptChunk)
+		}
 		return int(n), nil
 	}
 	return 0, fmt.Errorf("%w: unknown codec %d", ErrCorruptChunk, enc[0])
