@@ -93,6 +93,7 @@ func TestDecodeRejects(t *testing.T) {
 		"empty":           {nil, ErrCorruptChunk},
 		"unknown codec":   {[]byte{9, 1, 2, 3}, ErrCorruptChunk},
 		"lz4 no header":   {[]byte{byte(CodecLZ4)}, ErrCorruptChunk},
+		"lz4 empty claim": {[]byte{byte(CodecLZ4), 0, 0x10, 0x41}, ErrCorruptChunk},
 		"lz4 bad varint":  {[]byte{byte(CodecLZ4), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, ErrCorruptChunk},
 		"lz4 too large":   {append(big, 0), ErrChunkTooLarge},
 		"lz4 truncated":   {lz[:len(lz)/2], ErrCorruptChunk},
