@@ -1,0 +1,659 @@
+package casfs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"stasis/cas"
+	"stasis/metad"
+)
+
+// inode is the local state of a file that is open on this mount or has
+// unflushed writes. Its mutex serializes writes, flushes and truncates; reads
+// of a clean file only take it to pick up the current read plan.
+type inode struct {
+	fs   *FS
+	node metad.Node
+
+	mu        sync.Mutex
+	refs      int             // handles plus in-progress operations
+	writers   int             // handles open for writing
+	plan      *metad.ReadPlan // committed content; nil until needed or when stale
+	cachedGen uint64          // Gen whose data the kernel may hold in its page cache
+	w         *writeState     // unflushed writes; nil when clean
+}
+
+// writeState is a file's content since its last commit: the committed base
+// (inode.plan) valid below baseLimit, overlaid by dirty ranges held in a
+// staging file, up to size. While a file is written sequentially from offset
+// 0 after a truncate to zero (the hypervisor case), stream is set instead and
+// data goes straight into the pipeline without staging.
+type writeState struct {
+	policy    cas.Policy
+	size      uint64
+	baseLimit uint64
+	mtime     time.Time
+	changed   bool
+	stream    *stream
+	dirty     spans
+	staging   *os.File
+	err       error // sticky: the content could not be kept; every flush reports it
+}
+
+type stream struct {
+	p  *pipeline
+	sp *cas.Splitter
+}
+
+// acquire returns the inode state for n, creating it, with one more reference.
+func (f *FS) acquire(n metad.Node) *inode {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	in := f.inodes[n]
+	if in == nil {
+		in = &inode{fs: f, node: n}
+		f.inodes[n] = in
+	}
+	in.refs++
+	return in
+}
+
+// put drops a reference; a clean inode without references is forgotten.
+func (f *FS) put(in *inode) {
+	in.mu.Lock()
+	f.mu.Lock()
+	in.refs--
+	if in.refs == 0 && in.w == nil && f.inodes[in.node] == in {
+		delete(f.inodes, in.node)
+	}
+	f.mu.Unlock()
+	in.mu.Unlock()
+}
+
+// Handle is an open file.
+type Handle struct {
+	in       *inode
+	writable bool
+	released atomic.Bool
+	lastEnd  atomic.Uint64 // end of the previous read, for sequential detection
+	raEnd    atomic.Uint64 // read-ahead issued up to here
+}
+
+// Open opens a file. keepCache reports that the kernel's cached pages of the
+// file are still valid (the content generation did not change since they
+// were cached, or the file is in a snapshot).
+func (f *FS) Open(ctx context.Context, n metad.Node, flags int) (h *Handle, keepCache bool, err error) {
+	writable := flags&syscall.O_ACCMODE != syscall.O_RDONLY
+	if n.Snap != metad.LiveSnap && (writable || flags&syscall.O_TRUNC != 0) {
+		return nil, false, metad.ErrReadOnly
+	}
+	attr, err := f.meta.GetAttr(ctx, n)
+	if err != nil {
+		return nil, false, err
+	}
+	if attr.Mode&syscall.S_IFMT == syscall.S_IFDIR {
+		return nil, false, metad.ErrIsDir
+	}
+	if n.Snap == metad.LiveSnap {
+		if err := f.meta.Open(ctx, n.Ino); err != nil {
+			return nil, false, err
+		}
+	}
+	in := f.acquire(n)
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	switch {
+	case in.w != nil:
+		keepCache = true // the kernel holds our own unflushed writes
+	case n.Snap != metad.LiveSnap:
+		keepCache = true // snapshot content never changes
+	default:
+		keepCache = in.cachedGen == attr.Gen
+		if in.plan != nil && in.plan.Attr.Gen != attr.Gen {
+			in.plan = nil
+		}
+		in.cachedGen = attr.Gen
+	}
+	if writable {
+		in.writers++
+	}
+	return &Handle{in: in, writable: writable}, keepCache, nil
+}
+
+// Node returns the file the handle is open on.
+func (h *Handle) Node() metad.Node { return h.in.node }
+
+// planLocked returns the committed read plan, fetching it when missing or
+// when its token is about to expire.
+func (in *inode) planLocked(ctx context.Context) (*metad.ReadPlan, error) {
+	if in.plan != nil && time.Until(in.plan.Expiry) > 30*time.Second {
+		return in.plan, nil
+	}
+	var plan metad.ReadPlan
+	err := in.fs.retry(ctx, "read plan", func(ctx context.Context) error {
+		var err error
+		plan, err = in.fs.meta.ReadPlan(ctx, in.node)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	if len(plan.Location) != len(plan.Manifest.Extents) {
+		return nil, fmt.Errorf("casfs: read plan of ino %d has %d locations for %d extents", in.node.Ino, len(plan.Location), len(plan.Manifest.Extents))
+	}
+	if old := in.plan; old != nil && in.w != nil && old.Attr.Gen != plan.Attr.Gen {
+		// Another node committed while we hold unflushed writes on the old
+		// content: keep reading that content, with the fresh token.
+		if len(old.Endpoints) == len(plan.Endpoints) {
+			cp := *old
+			cp.Token, cp.Expiry, cp.Endpoints = plan.Token, plan.Expiry, plan.Endpoints
+			in.plan = &cp
+			return in.plan, nil
+		}
+	}
+	in.plan = &plan
+	return in.plan, nil
+}
+
+// writeStateLocked returns the file's write state, creating it from the
+// committed content.
+func (in *inode) writeStateLocked(ctx context.Context) (*writeState, error) {
+	if in.w != nil {
+		return in.w, nil
+	}
+	plan, err := in.planLocked(ctx)
+	if err != nil {
+		return nil, err
+	}
+	size := plan.Manifest.Size
+	w := &writeState{size: size, baseLimit: size, mtime: plan.Attr.Mtime}
+	if size > 0 && plan.Manifest.Policy.Validate() == nil {
+		w.policy = plan.Manifest.Policy
+	} else {
+		w.policy = in.policy(ctx, plan)
+	}
+	in.w = w
+	return w, nil
+}
+
+// policy picks the chunker for new content: the file's own PolicyXattr,
+// then the policy metad recorded for it, then the configured default.
+func (in *inode) policy(ctx context.Context, plan *metad.ReadPlan) cas.Policy {
+	if v, err := in.fs.meta.GetXattr(ctx, in.node, PolicyXattr); err == nil {
+		if p, err := cas.ParsePolicy(string(v)); err == nil {
+			return p
+		}
+		in.fs.log.Warn("ignoring bad chunker policy xattr", "ino", in.node.Ino, "value", string(v))
+	}
+	if plan != nil && plan.Manifest.Policy.Validate() == nil {
+		return plan.Manifest.Policy
+	}
+	return in.fs.cfg.DefaultPolicy
+}
+
+// Write writes data at off.
+func (h *Handle) Write(ctx context.Context, data []byte, off int64) (int, error) {
+	in := h.in
+	if in.node.Snap != metad.LiveSnap {
+		return 0, metad.ErrReadOnly
+	}
+	if off < 0 {
+		return 0, metad.ErrInvalid
+	}
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	w, err := in.writeStateLocked(ctx)
+	if err != nil {
+		return 0, err
+	}
+	if w.err != nil {
+		return 0, w.err
+	}
+	if len(data) == 0 {
+		return 0, nil
+	}
+	uoff := uint64(off)
+	end := uoff + uint64(len(data))
+	w.mtime, w.changed = time.Now(), true
+	if w.stream == nil && uoff == 0 && w.size == 0 && w.baseLimit == 0 && len(w.dirty) == 0 {
+		p := in.fs.newPipeline()
+		w.stream = &stream{p: p, sp: cas.NewSplitter(w.policy.New(), p.add)}
+	}
+	if w.stream != nil && uoff == w.size {
+		if _, err := w.stream.sp.Write(data); err != nil {
+			w.err = fmt.Errorf("casfs: writing ino %d: %w", in.node.Ino, err)
+			in.fs.log.Error("write pipeline failed", "ino", in.node.Ino, "err", err)
+			return 0, w.err
+		}
+		w.size = end
+		return len(data), nil
+	}
+	if w.stream != nil {
+		// Not sequential any more: commit what was streamed, then stage.
+		if err := in.endStreamLocked(ctx); err != nil {
+			return 0, err
+		}
+		w = in.w
+	}
+	if w.staging == nil {
+		f, err := os.CreateTemp(in.fs.cfg.StagingDir, "casfs-stage-*")
+		if err != nil {
+			return 0, fmt.Errorf("casfs: staging file: %w", err)
+		}
+		_ = os.Remove(f.Name())
+		w.staging = f
+	}
+	if _, err := w.staging.WriteAt(data, off); err != nil {
+		return 0, fmt.Errorf("casfs: staging write: %w", err)
+	}
+	w.dirty = w.dirty.add(uoff, end)
+	w.size = max(w.size, end)
+	return len(data), nil
+}
+
+// endStreamLocked commits the streamed content and reopens the write state
+// on top of it, so that a non-sequential write can be staged.
+func (in *inode) endStreamLocked(ctx context.Context) error {
+	if err := in.flushLocked(ctx); err != nil {
+		return err
+	}
+	_, err := in.writeStateLocked(ctx)
+	return err
+}
+
+// Read reads into dest at off and returns the byte count (short at EOF).
+func (h *Handle) Read(ctx context.Context, dest []byte, off int64) (int, error) {
+	in := h.in
+	if off < 0 {
+		return 0, metad.ErrInvalid
+	}
+	in.mu.Lock()
+	if in.w != nil {
+		defer in.mu.Unlock()
+		if in.w.stream != nil {
+			if err := in.endStreamLocked(ctx); err != nil {
+				return 0, err
+			}
+		}
+		if in.w.err != nil {
+			return 0, in.w.err
+		}
+		return in.readMergedLocked(ctx, dest, uint64(off))
+	}
+	plan, err := in.planLocked(ctx)
+	in.mu.Unlock()
+	if err != nil {
+		return 0, err
+	}
+	uoff := uint64(off)
+	size := plan.Manifest.Size
+	if uoff >= size {
+		return 0, nil
+	}
+	n := int(min(uint64(len(dest)), size-uoff))
+	if err := in.fs.readPlan(ctx, plan, dest[:n], uoff); err != nil {
+		return 0, err
+	}
+	if h.lastEnd.Swap(uoff+uint64(n)) == uoff {
+		in.fs.readAhead(plan, uoff+uint64(n), &h.raEnd)
+	}
+	return n, nil
+}
+
+// readMergedLocked reads the uncommitted content: dirty ranges from the
+// staging file, the committed base below baseLimit, zeros elsewhere.
+func (in *inode) readMergedLocked(ctx context.Context, dest []byte, off uint64) (int, error) {
+	w := in.w
+	if off >= w.size {
+		return 0, nil
+	}
+	n := int(min(uint64(len(dest)), w.size-off))
+	buf := dest[:n]
+	var plan *metad.ReadPlan
+	for pos := off; pos < off+uint64(n); {
+		i, inside := w.dirty.find(pos)
+		next := off + uint64(n)
+		if inside {
+			next = min(next, w.dirty[i].end)
+		} else if i < len(w.dirty) {
+			next = min(next, w.dirty[i].start)
+		}
+		part := buf[pos-off : next-off]
+		switch {
+		case inside:
+			if _, err := w.staging.ReadAt(part, int64(pos)); err != nil {
+				return 0, fmt.Errorf("casfs: staging read: %w", err)
+			}
+		default:
+			// Committed base below baseLimit, zeros above.
+			k := 0
+			if pos < w.baseLimit {
+				k = int(min(uint64(len(part)), w.baseLimit-pos))
+				if plan == nil {
+					var err error
+					if plan, err = in.planLocked(ctx); err != nil {
+						return 0, err
+					}
+				}
+				if err := in.fs.readPlan(ctx, plan, part[:k], pos); err != nil {
+					return 0, err
+				}
+			}
+			clear(part[k:])
+		}
+		pos = next
+	}
+	return n, nil
+}
+
+// readPlan fills dest with the committed content at off; gaps, holes and
+// bytes past the manifest read as zeros.
+func (f *FS) readPlan(ctx context.Context, plan *metad.ReadPlan, dest []byte, off uint64) error {
+	m := &plan.Manifest
+	for len(dest) > 0 {
+		i := m.Find(off)
+		if i < 0 {
+			// In a gap: zeros up to the next extent.
+			j := nextExtent(m, off)
+			k := len(dest)
+			if j < len(m.Extents) {
+				k = int(min(uint64(k), m.Extents[j].Offset-off))
+			}
+			clear(dest[:k])
+			dest, off = dest[k:], off+uint64(k)
+			continue
+		}
+		e := m.Extents[i]
+		k := int(min(uint64(len(dest)), e.End()-off))
+		if e.Hole {
+			clear(dest[:k])
+		} else {
+			data, err := f.chunk(ctx, plan, i)
+			if err != nil {
+				return err
+			}
+			start := off - e.Offset
+			if uint64(len(data)) < start+uint64(k) {
+				return fmt.Errorf("casfs: chunk %s holds %d bytes, extent needs %d: %w", e.ID.Short(), len(data), e.Length, cas.ErrCorruptChunk)
+			}
+			copy(dest[:k], data[start:])
+		}
+		dest, off = dest[k:], off+uint64(k)
+	}
+	return nil
+}
+
+// nextExtent returns the index of the first extent starting after off.
+func nextExtent(m *cas.Manifest, off uint64) int {
+	lo, hi := 0, len(m.Extents)
+	for lo < hi {
+		mid := (lo + hi) / 2
+		if m.Extents[mid].Offset <= off {
+			lo = mid + 1
+		} else {
+			hi = mid
+		}
+	}
+	return lo
+}
+
+// chunk returns the decoded bytes of extent i's chunk, through the cache.
+// Every fetched chunk is verified against its ID: corruption is an error,
+// never wrong data.
+func (f *FS) chunk(ctx context.Context, plan *metad.ReadPlan, i int) ([]byte, error) {
+	e := plan.Manifest.Extents[i]
+	if b, ok := f.cache.lookup(e.ID); ok {
+		f.stats.cacheHits.Add(1)
+		return b, nil
+	}
+	loc := int(plan.Location[i])
+	if loc >= len(plan.Endpoints) {
+		return nil, fmt.Errorf("casfs: read plan names endpoint %d of %d", loc, len(plan.Endpoints))
+	}
+	ep, token := plan.Endpoints[loc], plan.Token
+	return f.cache.get(ctx, e.ID, func() ([]byte, error) {
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), f.cfg.RetryDeadline+5*time.Second)
+		defer cancel()
+		var enc []byte
+		err := f.retry(fctx, "get chunk", func(ctx context.Context) error {
+			var err error
+			enc, err = f.transport.Get(ctx, ep, token, e.ID)
+			return err
+		})
+		if err != nil {
+			return nil, fmt.Errorf("get chunk %s from %s: %w", e.ID.Short(), ep.Name, err)
+		}
+		f.stats.fetchedChunks.Add(1)
+		f.stats.fetchedEnc.Add(uint64(len(enc)))
+		data, err := cas.DecodeVerify(nil, e.ID, enc)
+		if err != nil {
+			f.log.Error("corrupt chunk", "id", e.ID.String(), "endpoint", ep.Name, "err", err)
+			return nil, err
+		}
+		return data, nil
+	})
+}
+
+// readAhead fetches, in the background, the chunks of the ReadAheadBytes
+// after off that are not cached yet, skipping what was already requested.
+func (f *FS) readAhead(plan *metad.ReadPlan, off uint64, raEnd *atomic.Uint64) {
+	if f.cfg.ReadAheadBytes <= 0 {
+		return
+	}
+	m := &plan.Manifest
+	limit := off + uint64(f.cfg.ReadAheadBytes)
+	from := max(off, raEnd.Load())
+	i := m.Find(from)
+	if i < 0 {
+		i = nextExtent(m, from)
+	}
+	for ; i < len(m.Extents) && m.Extents[i].Offset < limit; i++ {
+		e := m.Extents[i]
+		if e.Hole || f.cache.contains(e.ID) {
+			raEnd.Store(e.End())
+			continue
+		}
+		if !f.prefetch.TryAcquire(1) {
+			return
+		}
+		raEnd.Store(e.End())
+		go func(i int) {
+			defer f.prefetch.Release(1)
+			ctx, cancel := context.WithTimeout(context.Background(), f.cfg.RetryDeadline)
+			defer cancel()
+			if _, err := f.chunk(ctx, plan, i); err != nil {
+				f.log.Debug("read-ahead failed", "err", err)
+			}
+		}(i)
+	}
+}
+
+// Flush commits the file's unflushed writes; it returns when the content
+// and manifest are durable.
+func (h *Handle) Flush(ctx context.Context) error {
+	h.in.mu.Lock()
+	defer h.in.mu.Unlock()
+	return h.in.flushLocked(ctx)
+}
+
+// Fsync is Flush.
+func (h *Handle) Fsync(ctx context.Context) error { return h.Flush(ctx) }
+
+// Release closes the handle. Unflushed writes are committed first; an error
+// doing so is returned (and logged) and the writes are dropped.
+func (h *Handle) Release(ctx context.Context) error {
+	if h.released.Swap(true) {
+		return nil
+	}
+	in := h.in
+	in.mu.Lock()
+	var err error
+	if h.writable {
+		in.writers--
+	}
+	if in.writers == 0 {
+		err = in.flushLocked(ctx)
+		if err != nil {
+			in.fs.log.Error("dropping unflushed writes at release", "ino", in.node.Ino, "err", err)
+			in.dropLocked()
+		}
+	}
+	in.mu.Unlock()
+	if in.node.Snap == metad.LiveSnap {
+		if rerr := in.fs.meta.Release(ctx, in.node.Ino); rerr != nil && !errors.Is(rerr, metad.ErrNotFound) {
+			err = errors.Join(err, rerr)
+		}
+	}
+	in.fs.put(in)
+	return err
+}
+
+// dropLocked discards the write state.
+func (in *inode) dropLocked() {
+	w := in.w
+	if w == nil {
+		return
+	}
+	if w.stream != nil {
+		w.stream.p.abort()
+	}
+	if w.staging != nil {
+		w.staging.Close()
+	}
+	in.w = nil
+	in.plan = nil
+}
+
+// flushLocked commits the write state, if any.
+func (in *inode) flushLocked(ctx context.Context) error {
+	w := in.w
+	if w == nil {
+		return nil
+	}
+	if w.err != nil {
+		return w.err
+	}
+	if !w.changed {
+		in.dropLocked()
+		return nil
+	}
+	var exts []cas.Extent
+	var err error
+	if w.stream != nil {
+		if err = w.stream.sp.Close(); err == nil {
+			exts, err = w.stream.p.finish()
+		} else {
+			w.stream.p.abort()
+		}
+		w.stream = nil
+	} else {
+		exts, err = in.rebuildLocked(ctx)
+	}
+	if err != nil {
+		w.err = fmt.Errorf("casfs: flushing ino %d: %w", in.node.Ino, err)
+		in.fs.log.Error("flush failed", "ino", in.node.Ino, "err", err)
+		return w.err
+	}
+	m := cas.Manifest{Policy: w.policy, Size: w.size, Extents: exts}
+	var attr metad.Attr
+	err = in.fs.retry(ctx, "commit", func(ctx context.Context) error {
+		var err error
+		attr, err = in.fs.meta.Commit(ctx, metad.CommitRequest{Ino: in.node.Ino, Manifest: m, Mtime: w.mtime})
+		return err
+	})
+	if err != nil {
+		// The content is still whole in the write state when it came from
+		// staging; a streamed one is gone, so the error sticks.
+		in.fs.log.Error("commit failed", "ino", in.node.Ino, "err", err)
+		if len(w.dirty) == 0 {
+			w.err = fmt.Errorf("casfs: committing ino %d: %w", in.node.Ino, err)
+			return w.err
+		}
+		return fmt.Errorf("casfs: committing ino %d: %w", in.node.Ino, err)
+	}
+	if w.staging != nil {
+		w.staging.Close()
+	}
+	in.w = nil
+	in.plan = nil
+	in.cachedGen = attr.Gen
+	return nil
+}
+
+// truncate sets a file's size. With no writer open on this mount it is
+// committed before truncate returns.
+func (f *FS) truncate(ctx context.Context, n metad.Node, size uint64) error {
+	in := f.acquire(n)
+	defer f.put(in)
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	w, err := in.writeStateLocked(ctx)
+	if err != nil {
+		return err
+	}
+	if size == 0 {
+		// Start over: this also clears a sticky error and enables streaming.
+		if w.stream != nil {
+			w.stream.p.abort()
+			w.stream = nil
+		}
+		w.err = nil
+		if w.size != 0 || w.baseLimit != 0 {
+			w.changed = true
+		}
+		w.size, w.baseLimit, w.dirty = 0, 0, nil
+		if w.staging != nil {
+			_ = w.staging.Truncate(0)
+		}
+		w.mtime = time.Now()
+	} else if size != w.size {
+		if w.err != nil {
+			return w.err
+		}
+		if w.stream != nil {
+			if err := in.endStreamLocked(ctx); err != nil {
+				return err
+			}
+			w = in.w
+		}
+		if size < w.size {
+			w.dirty = w.dirty.clip(size)
+			w.baseLimit = min(w.baseLimit, size)
+		}
+		w.size, w.mtime, w.changed = size, time.Now(), true
+	}
+	if in.writers == 0 {
+		return in.flushLocked(ctx)
+	}
+	return nil
+}
+
+// Allocate implements fallocate: mode 0 extends the file with zeros,
+// FALLOC_FL_KEEP_SIZE is accepted and does nothing (chunks are allocated on
+// write); other modes are not supported.
+func (h *Handle) Allocate(ctx context.Context, off, length uint64, mode uint32) error {
+	const keepSize = 1
+	switch mode {
+	case 0:
+		a, err := h.in.fs.GetAttr(ctx, h.in.node)
+		if err != nil {
+			return err
+		}
+		if off+length > a.Size {
+			return h.in.fs.truncate(ctx, h.in.node, off+length)
+		}
+		return nil
+	case keepSize:
+		return nil
+	}
+	return ErrNotSupported
+}
+
+// ErrNotSupported is returned for operations casfs does not implement.
+var ErrNotSupported = errors.New("casfs: operation not supported")

@@ -1,0 +1,558 @@
+// Package fusefs is the thin go-fuse adapter of casfs: it turns kernel
+// requests into calls on casfs.FS and casfs.Handle, maps inode numbers and
+// converts errors to errno, once, here at the boundary. It holds no file
+// content or policy of its own.
+//
+// Every live directory has a virtual ".snapshots" directory (not listed by
+// readdir of its parent, so tools that walk the tree do not copy history):
+// mkdir in it takes a snapshot of the directory, rmdir deletes one, and each
+// entry is the snapshot's read-only tree, where every change fails with EROFS.
+// Snapshot content is immutable, so the kernel may keep its pages and
+// attributes for long; the live tree uses short timeouts so other nodes'
+// changes appear (close-to-open: a file closed elsewhere opens with its new
+// content here).
+package fusefs
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"syscall"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"stasis/cas"
+	"stasis/casfs"
+	"stasis/metad"
+)
+
+// SnapshotsDir is the name of the virtual snapshot directory.
+const SnapshotsDir = ".snapshots"
+
+// StatsXattr on the mount root returns casfs.Stats as JSON.
+const StatsXattr = "user.casfs.stats"
+
+// Options tune the mount.
+type Options struct {
+	// EntryTimeout and AttrTimeout apply to the live tree (default 1s).
+	EntryTimeout, AttrTimeout time.Duration
+	// SnapshotTimeout applies to snapshot trees (default 1h).
+	SnapshotTimeout time.Duration
+	// AllowOther lets users other than the mounter use the mount.
+	AllowOther bool
+	// Debug logs every FUSE request.
+	Debug bool
+	// FsName is the source shown by mount(8) (default "casfs").
+	FsName string
+	// Logger receives errors converted to EIO (default: discard).
+	Logger *slog.Logger
+}
+
+func (o *Options) setDefaults() {
+	if o.EntryTimeout == 0 {
+		o.EntryTimeout = time.Second
+	}
+	if o.AttrTimeout == 0 {
+		o.AttrTimeout = time.Second
+	}
+	if o.SnapshotTimeout == 0 {
+		o.SnapshotTimeout = time.Hour
+	}
+	if o.FsName == "" {
+		o.FsName = "casfs"
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// Mount mounts fsys at dir and returns the running server. Unmount it with
+// server.Unmount(); the caller closes fsys afterwards.
+func Mount(dir string, fsys *casfs.FS, opts Options) (*fuse.Server, error) {
+	opts.setDefaults()
+	r := &rootData{fsys: fsys, opts: opts, log: opts.Logger}
+	root := &node{r: r, id: metad.Node{Snap: metad.LiveSnap, Ino: metad.RootIno}}
+	zero := time.Duration(0)
+	fo := &fs.Options{
+		MountOptions: fuse.MountOptions{
+			DirectMount:   true,
+			AllowOther:    opts.AllowOther,
+			FsName:        opts.FsName,
+			Name:          "casfs",
+			MaxWrite:      1 << 20,
+			MaxReadAhead:  1 << 20,
+			MaxBackground: 64,
+			Debug:         opts.Debug,
+			Options:       []string{"default_permissions"},
+		},
+		// Each node sets its own timeouts; negative lookups are not cached
+		// so files created on other nodes appear.
+		EntryTimeout:    &opts.EntryTimeout,
+		AttrTimeout:     &opts.AttrTimeout,
+		NegativeTimeout: &zero,
+		RootStableAttr:  &fs.StableAttr{Ino: uint64(metad.RootIno), Mode: syscall.S_IFDIR},
+	}
+	return fs.Mount(dir, root, fo)
+}
+
+type rootData struct {
+	fsys *casfs.FS
+	opts Options
+	log  *slog.Logger
+}
+
+// kernelIno maps a (snapshot, inode) pair to the inode number the kernel
+// sees: live inodes keep theirs; snapshot inodes get bit 63, the snapshot id
+// in bits 40-62 and the inode in bits 0-39; ".snapshots" directories get
+// bit 62 and the directory's inode. Inode numbers must stay below 2^40.
+func kernelIno(n metad.Node) uint64 {
+	if n.Snap == metad.LiveSnap {
+		return uint64(n.Ino)
+	}
+	return 1<<63 | (uint64(n.Snap)&(1<<23-1))<<40 | uint64(n.Ino)&(1<<40-1)
+}
+
+func snapsDirIno(dir metad.Ino) uint64 { return 1<<62 | uint64(dir) }
+
+// toErrno converts a casfs or metad error to an errno, logging the ones that
+// become EIO.
+func (r *rootData) toErrno(op string, err error) syscall.Errno {
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, metad.ErrNotFound):
+		return syscall.ENOENT
+	case errors.Is(err, metad.ErrExists):
+		return syscall.EEXIST
+	case errors.Is(err, metad.ErrNotDir):
+		return syscall.ENOTDIR
+	case errors.Is(err, metad.ErrIsDir):
+		return syscall.EISDIR
+	case errors.Is(err, metad.ErrNotEmpty):
+		return syscall.ENOTEMPTY
+	case errors.Is(err, metad.ErrInvalid), errors.Is(err, cas.ErrBadPolicy):
+		return syscall.EINVAL
+	case errors.Is(err, metad.ErrReadOnly):
+		return syscall.EROFS
+	case errors.Is(err, metad.ErrNoData):
+		return syscall.ENODATA
+	case errors.Is(err, metad.ErrNoSpace), errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
+		return syscall.ENOSPC
+	case errors.Is(err, casfs.ErrNotSupported):
+		return syscall.EOPNOTSUPP
+	case errors.Is(err, context.Canceled):
+		return syscall.EINTR
+	}
+	r.log.Error("I/O error", "op", op, "err", err)
+	return syscall.EIO
+}
+
+func (r *rootData) fill(a metad.Attr, id metad.Node, out *fuse.Attr) {
+	out.Ino = kernelIno(id)
+	out.Mode = a.Mode
+	out.Size = a.Size
+	out.Blocks = (a.Size + 511) / 512
+	out.Nlink = a.Nlink
+	out.Uid, out.Gid, out.Rdev = a.Uid, a.Gid, a.Rdev
+	out.Blksize = 1 << 16
+	out.SetTimes(&a.Atime, &a.Mtime, &a.Ctime)
+}
+
+func (r *rootData) timeout(id metad.Node) (entry, attr time.Duration) {
+	if id.Snap != metad.LiveSnap {
+		return r.opts.SnapshotTimeout, r.opts.SnapshotTimeout
+	}
+	return r.opts.EntryTimeout, r.opts.AttrTimeout
+}
+
+// node is a directory, file, symlink or special file, live or in a snapshot.
+type node struct {
+	fs.Inode
+	r  *rootData
+	id metad.Node
+}
+
+var (
+	_ fs.NodeLookuper      = (*node)(nil)
+	_ fs.NodeGetattrer     = (*node)(nil)
+	_ fs.NodeSetattrer     = (*node)(nil)
+	_ fs.NodeCreater       = (*node)(nil)
+	_ fs.NodeMkdirer       = (*node)(nil)
+	_ fs.NodeMknoder       = (*node)(nil)
+	_ fs.NodeSymlinker     = (*node)(nil)
+	_ fs.NodeLinker        = (*node)(nil)
+	_ fs.NodeUnlinker      = (*node)(nil)
+	_ fs.NodeRmdirer       = (*node)(nil)
+	_ fs.NodeRenamer       = (*node)(nil)
+	_ fs.NodeReaddirer     = (*node)(nil)
+	_ fs.NodeReadlinker    = (*node)(nil)
+	_ fs.NodeOpener        = (*node)(nil)
+	_ fs.NodeGetxattrer    = (*node)(nil)
+	_ fs.NodeSetxattrer    = (*node)(nil)
+	_ fs.NodeListxattrer   = (*node)(nil)
+	_ fs.NodeRemovexattrer = (*node)(nil)
+	_ fs.NodeStatfser      = (*node)(nil)
+)
+
+func (n *node) live() bool { return n.id.Snap == metad.LiveSnap }
+
+func (n *node) newChild(ctx context.Context, a metad.Attr, out *fuse.EntryOut) *fs.Inode {
+	id := metad.Node{Snap: n.id.Snap, Ino: a.Ino}
+	return n.r.childInode(ctx, &n.Inode, id, a, out)
+}
+
+func (r *rootData) childInode(ctx context.Context, parent *fs.Inode, id metad.Node, a metad.Attr, out *fuse.EntryOut) *fs.Inode {
+	r.fill(a, id, &out.Attr)
+	et, at := r.timeout(id)
+	out.SetEntryTimeout(et)
+	out.SetAttrTimeout(at)
+	return parent.NewInode(ctx, &node{r: r, id: id}, fs.StableAttr{Mode: a.Mode & syscall.S_IFMT, Ino: kernelIno(id)})
+}
+
+func caller(ctx context.Context) (uid, gid uint32) {
+	if c, ok := fuse.FromContext(ctx); ok {
+		return c.Uid, c.Gid
+	}
+	return 0, 0
+}
+
+func nameErr(name string) syscall.Errno {
+	if len(name) > 255 {
+		return syscall.ENAMETOOLONG
+	}
+	return 0
+}
+
+func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	if e := nameErr(name); e != 0 {
+		return nil, e
+	}
+	if name == SnapshotsDir && n.live() && n.IsDir() {
+		a, err := n.r.fsys.GetAttr(ctx, n.id)
+		if err != nil {
+			return nil, n.r.toErrno("lookup", err)
+		}
+		sd := &snapsDir{r: n.r, dir: n.id.Ino}
+		sd.fillAttr(a, &out.Attr)
+		out.SetEntryTimeout(n.r.opts.EntryTimeout)
+		out.SetAttrTimeout(n.r.opts.AttrTimeout)
+		return n.NewInode(ctx, sd, fs.StableAttr{Mode: syscall.S_IFDIR, Ino: snapsDirIno(n.id.Ino)}), 0
+	}
+	a, err := n.r.fsys.Lookup(ctx, n.id, name)
+	if err != nil {
+		return nil, n.r.toErrno("lookup", err)
+	}
+	return n.newChild(ctx, a, out), 0
+}
+
+func (n *node) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	a, err := n.r.fsys.GetAttr(ctx, n.id)
+	if err != nil {
+		return n.r.toErrno("getattr", err)
+	}
+	n.r.fill(a, n.id, &out.Attr)
+	_, at := n.r.timeout(n.id)
+	out.SetTimeout(at)
+	return 0
+}
+
+func (n *node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	if !n.live() {
+		return syscall.EROFS
+	}
+	var req metad.SetAttrRequest
+	if m, ok := in.GetMode(); ok {
+		req.Mode = &m
+	}
+	if u, ok := in.GetUID(); ok {
+		req.Uid = &u
+	}
+	if g, ok := in.GetGID(); ok {
+		req.Gid = &g
+	}
+	if s, ok := in.GetSize(); ok {
+		req.Size = &s
+	}
+	if t, ok := in.GetATime(); ok {
+		req.Atime = &t
+	}
+	if t, ok := in.GetMTime(); ok {
+		req.Mtime = &t
+	}
+	a, err := n.r.fsys.SetAttr(ctx, n.id, req)
+	if err != nil {
+		return n.r.toErrno("setattr", err)
+	}
+	n.r.fill(a, n.id, &out.Attr)
+	out.SetTimeout(n.r.opts.AttrTimeout)
+	return 0
+}
+
+func (n *node) create(ctx context.Context, req metad.CreateRequest, out *fuse.EntryOut) (*fs.Inode, metad.Attr, syscall.Errno) {
+	if !n.live() {
+		return nil, metad.Attr{}, syscall.EROFS
+	}
+	if e := nameErr(req.Name); e != 0 {
+		return nil, metad.Attr{}, e
+	}
+	if req.Name == SnapshotsDir {
+		return nil, metad.Attr{}, syscall.EEXIST
+	}
+	req.Parent = n.id.Ino
+	req.Uid, req.Gid = caller(ctx)
+	a, err := n.r.fsys.Create(ctx, req)
+	if err != nil {
+		return nil, a, n.r.toErrno("create", err)
+	}
+	return n.newChild(ctx, a, out), a, 0
+}
+
+func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno) {
+	child, a, e := n.create(ctx, metad.CreateRequest{Name: name, Mode: mode&^syscall.S_IFMT | syscall.S_IFREG}, out)
+	if e != 0 {
+		return nil, nil, 0, e
+	}
+	h, _, err := n.r.fsys.Open(ctx, metad.Node{Snap: n.id.Snap, Ino: a.Ino}, int(flags))
+	if err != nil {
+		return nil, nil, 0, n.r.toErrno("open", err)
+	}
+	return child, &handle{h: h, r: n.r}, 0, 0
+}
+
+func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	child, _, e := n.create(ctx, metad.CreateRequest{Name: name, Mode: mode&^syscall.S_IFMT | syscall.S_IFDIR}, out)
+	return child, e
+}
+
+func (n *node) Mknod(ctx context.Context, name string, mode uint32, dev uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	child, _, e := n.create(ctx, metad.CreateRequest{Name: name, Mode: mode, Rdev: dev}, out)
+	return child, e
+}
+
+func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	child, _, e := n.create(ctx, metad.CreateRequest{Name: name, Mode: syscall.S_IFLNK | 0o777, Target: target}, out)
+	return child, e
+}
+
+func (n *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	t, ok := target.(*node)
+	if !n.live() || !ok || !t.live() {
+		return nil, syscall.EROFS
+	}
+	if e := nameErr(name); e != 0 {
+		return nil, e
+	}
+	a, err := n.r.fsys.Meta().Link(ctx, t.id.Ino, n.id.Ino, name)
+	if err != nil {
+		return nil, n.r.toErrno("link", err)
+	}
+	return n.newChild(ctx, a, out), 0
+}
+
+func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
+	if !n.live() {
+		return syscall.EROFS
+	}
+	return n.r.toErrno("unlink", n.r.fsys.Meta().Unlink(ctx, n.id.Ino, name))
+}
+
+func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
+	if !n.live() {
+		return syscall.EROFS
+	}
+	if name == SnapshotsDir {
+		return syscall.EBUSY
+	}
+	return n.r.toErrno("rmdir", n.r.fsys.Meta().Rmdir(ctx, n.id.Ino, name))
+}
+
+func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
+	np, ok := newParent.(*node)
+	if !n.live() || !ok || !np.live() {
+		return syscall.EROFS
+	}
+	if e := nameErr(newName); e != 0 {
+		return e
+	}
+	if name == SnapshotsDir || newName == SnapshotsDir {
+		return syscall.EBUSY
+	}
+	err := n.r.fsys.Meta().Rename(ctx, n.id.Ino, name, np.id.Ino, newName, metad.RenameFlags(flags))
+	return n.r.toErrno("rename", err)
+}
+
+func (n *node) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
+	ents, err := n.r.fsys.Meta().ReadDir(ctx, n.id, "", 0)
+	if err != nil {
+		return nil, n.r.toErrno("readdir", err)
+	}
+	out := make([]fuse.DirEntry, 0, len(ents))
+	for _, e := range ents {
+		out = append(out, fuse.DirEntry{Name: e.Name, Mode: e.Mode, Ino: kernelIno(metad.Node{Snap: n.id.Snap, Ino: e.Ino})})
+	}
+	return fs.NewListDirStream(out), 0
+}
+
+func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
+	s, err := n.r.fsys.Meta().Readlink(ctx, n.id)
+	if err != nil {
+		return nil, n.r.toErrno("readlink", err)
+	}
+	return []byte(s), 0
+}
+
+func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	h, keep, err := n.r.fsys.Open(ctx, n.id, int(flags))
+	if err != nil {
+		return nil, 0, n.r.toErrno("open", err)
+	}
+	var ff uint32
+	if keep {
+		ff |= fuse.FOPEN_KEEP_CACHE
+	}
+	return &handle{h: h, r: n.r}, ff, 0
+}
+
+// xattrReply implements the getxattr/listxattr size protocol.
+func xattrReply(val, dest []byte) (uint32, syscall.Errno) {
+	if len(dest) == 0 {
+		return uint32(len(val)), 0
+	}
+	if len(dest) < len(val) {
+		return uint32(len(val)), syscall.ERANGE
+	}
+	return uint32(copy(dest, val)), 0
+}
+
+func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	if attr == StatsXattr && n.id == (metad.Node{Ino: metad.RootIno}) {
+		s, err := n.r.fsys.Stats(ctx)
+		if err != nil {
+			return 0, n.r.toErrno("stats", err)
+		}
+		b, _ := json.Marshal(s)
+		return xattrReply(b, dest)
+	}
+	v, err := n.r.fsys.Meta().GetXattr(ctx, n.id, attr)
+	if err != nil {
+		return 0, n.r.toErrno("getxattr", err)
+	}
+	return xattrReply(v, dest)
+}
+
+func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
+	if attr == StatsXattr {
+		return syscall.EPERM
+	}
+	return n.r.toErrno("setxattr", n.r.fsys.SetXattr(ctx, n.id, attr, data, flags))
+}
+
+func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
+	if !n.live() {
+		return syscall.EROFS
+	}
+	return n.r.toErrno("removexattr", n.r.fsys.Meta().RemoveXattr(ctx, n.id.Ino, attr))
+}
+
+func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
+	names, err := n.r.fsys.Meta().ListXattr(ctx, n.id)
+	if err != nil {
+		return 0, n.r.toErrno("listxattr", err)
+	}
+	var b []byte
+	for _, s := range names {
+		b = append(append(b, s...), 0)
+	}
+	return xattrReply(b, dest)
+}
+
+func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+	st, err := n.r.fsys.Statfs(ctx)
+	if err != nil {
+		return n.r.toErrno("statfs", err)
+	}
+	const bsize = 4096
+	out.Bsize = bsize
+	out.Frsize = bsize
+	out.Blocks = st.TotalBytes / bsize
+	out.Bfree = st.FreeBytes / bsize
+	out.Bavail = st.AvailBytes / bsize
+	out.Files = st.Inodes + st.FreeInodes
+	out.Ffree = st.FreeInodes
+	out.NameLen = 255
+	return 0
+}
+
+// handle is an open file.
+type handle struct {
+	h *casfs.Handle
+	r *rootData
+}
+
+var (
+	_ fs.FileReader    = (*handle)(nil)
+	_ fs.FileWriter    = (*handle)(nil)
+	_ fs.FileFlusher   = (*handle)(nil)
+	_ fs.FileFsyncer   = (*handle)(nil)
+	_ fs.FileReleaser  = (*handle)(nil)
+	_ fs.FileAllocater = (*handle)(nil)
+	_ fs.FileLseeker   = (*handle)(nil)
+)
+
+func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	n, err := h.h.Read(ctx, dest, off)
+	if err != nil {
+		return nil, h.r.toErrno("read", err)
+	}
+	return fuse.ReadResultData(dest[:n]), 0
+}
+
+func (h *handle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	n, err := h.h.Write(ctx, data, off)
+	if err != nil {
+		return 0, h.r.toErrno("write", err)
+	}
+	return uint32(n), 0
+}
+
+func (h *handle) Flush(ctx context.Context) syscall.Errno {
+	return h.r.toErrno("flush", h.h.Flush(ctx))
+}
+
+func (h *handle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
+	return h.r.toErrno("fsync", h.h.Fsync(ctx))
+}
+
+func (h *handle) Release(ctx context.Context) syscall.Errno {
+	// The kernel does not wait for release; an error was already reported
+	// by flush and is logged by casfs.
+	return h.r.toErrno("release", h.h.Release(context.WithoutCancel(ctx)))
+}
+
+func (h *handle) Allocate(ctx context.Context, off, size uint64, mode uint32) syscall.Errno {
+	return h.r.toErrno("fallocate", h.h.Allocate(ctx, off, size, mode))
+}
+
+func (h *handle) Lseek(ctx context.Context, off uint64, whence uint32) (uint64, syscall.Errno) {
+	a, err := h.r.fsys.GetAttr(ctx, h.h.Node())
+	if err != nil {
+		return 0, h.r.toErrno("lseek", err)
+	}
+	const seekData, seekHole = 3, 4
+	switch whence {
+	case seekData:
+		if off >= a.Size {
+			return 0, syscall.ENXIO
+		}
+		return off, 0
+	case seekHole:
+		if off > a.Size {
+			return 0, syscall.ENXIO
+		}
+		return a.Size, 0
+	}
+	return 0, syscall.EINVAL
+}

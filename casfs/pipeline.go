@@ -1,0 +1,364 @@
+package casfs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"stasis/blockd"
+	"stasis/cas"
+	"stasis/metad"
+)
+
+// A pipeline turns one file's new content, fed in order as chunks (add) and
+// reused extents (reuse), into a manifest's extents while uploading only the
+// chunks metad reports missing:
+//
+//	add -> [FS workers: zero-detect, BLAKE3, LZ4] -> collector (in order, batches)
+//	    -> uploads (PrepareUpload, Put missing to blockd; Uploads at a time) -> extents
+//
+// Memory is bounded by FS.mem, a semaphore shared by all pipelines: add
+// blocks until the chunk fits. The first error is sticky: later adds return
+// it and finish reports it.
+type pipeline struct {
+	fs     *FS
+	ctx    context.Context
+	cancel context.CancelFunc
+	order  chan *job
+	done   chan struct{} // closed when the collector has finished
+	group  *errgroup.Group
+
+	next    uint64 // offset the next add/reuse must start at (writer side)
+	results [][]cas.Extent
+	resMu   sync.Mutex
+	err     atomic.Pointer[error]
+}
+
+// job is one chunk in flight, or a reused extent (ready at once).
+type job struct {
+	ext   cas.Extent
+	raw   []byte
+	enc   []byte
+	mem   int64
+	ready chan struct{}
+}
+
+var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+func (j *job) process() {
+	data := j.raw
+	if cas.IsZero(data) {
+		j.ext.Hole = true
+		return
+	}
+	j.ext.ID = cas.Sum(data)
+	j.enc = cas.Encode(getBuf(len(data) + len(data)/255 + 32)[:0], data)
+}
+
+// errStopped is the sticky error of an aborted pipeline.
+var errStopped = errors.New("casfs: write pipeline stopped")
+
+func (f *FS) newPipeline() *pipeline {
+	ctx, cancel := context.WithCancel(context.Background())
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(f.cfg.Uploads)
+	p := &pipeline{
+		fs:     f,
+		ctx:    gctx,
+		cancel: cancel,
+		order:  make(chan *job, 4096),
+		done:   make(chan struct{}),
+		group:  g,
+	}
+	go p.collect()
+	return p
+}
+
+func (p *pipeline) setErr(err error) {
+	p.err.CompareAndSwap(nil, &err)
+	p.cancel()
+}
+
+func (p *pipeline) error() error {
+	if e := p.err.Load(); e != nil {
+		return *e
+	}
+	return nil
+}
+
+// add queues one chunk at offset off (which must follow the previous one).
+// It copies data, so the caller may reuse it when add returns.
+func (p *pipeline) add(off uint64, data []byte) error {
+	if err := p.error(); err != nil {
+		return err
+	}
+	if off != p.next {
+		return fmt.Errorf("casfs: pipeline got offset %d, want %d", off, p.next)
+	}
+	mem := int64(2*len(data) + 64)
+	if err := p.fs.mem.Acquire(p.ctx, mem); err != nil {
+		if e := p.error(); e != nil {
+			return e
+		}
+		return err
+	}
+	raw := getBuf(len(data))
+	copy(raw, data)
+	j := &job{ext: cas.Extent{Offset: off, Length: uint32(len(data))}, raw: raw, mem: mem, ready: make(chan struct{})}
+	p.next = off + uint64(len(data))
+	p.fs.stats.written.Add(uint64(len(data)))
+	select {
+	case p.fs.work <- j:
+	case <-p.ctx.Done():
+		p.fs.mem.Release(mem)
+		putBuf(raw)
+		return p.errOr(p.ctx.Err())
+	}
+	p.order <- j
+	return nil
+}
+
+func (p *pipeline) errOr(err error) error {
+	if e := p.error(); e != nil {
+		return e
+	}
+	return err
+}
+
+// reuse queues an extent of the old manifest that is kept as it is.
+func (p *pipeline) reuse(e cas.Extent) error {
+	if err := p.error(); err != nil {
+		return err
+	}
+	if e.Offset != p.next {
+		return fmt.Errorf("casfs: pipeline reuse at %d, want %d", e.Offset, p.next)
+	}
+	p.next = e.End()
+	p.order <- &job{ext: e, ready: closedChan}
+	return nil
+}
+
+// collect drains jobs in order into batches and hands them to uploaders.
+// A batch goes out when full, or when no job arrived for a moment (so a
+// writer blocked on memory is never waiting for a half-full batch).
+func (p *pipeline) collect() {
+	defer close(p.done)
+	var (
+		batch []*job
+		bytes int64
+	)
+	idle := time.NewTimer(time.Hour)
+	defer idle.Stop()
+	flush := func() {
+		if len(batch) == 0 {
+			return
+		}
+		b := batch
+		batch, bytes = nil, 0
+		p.resMu.Lock()
+		k := len(p.results)
+		p.results = append(p.results, nil)
+		p.resMu.Unlock()
+		if p.error() != nil {
+			p.release(b)
+			return
+		}
+		p.group.Go(func() error {
+			ext, err := p.upload(b)
+			p.release(b)
+			if err != nil {
+				p.setErr(err)
+				return err
+			}
+			p.resMu.Lock()
+			p.results[k] = ext
+			p.resMu.Unlock()
+			return nil
+		})
+	}
+	for {
+		var j *job
+		var ok bool
+		if len(batch) > 0 {
+			idle.Reset(2 * time.Millisecond)
+			select {
+			case j, ok = <-p.order:
+			case <-idle.C:
+				flush()
+				continue
+			}
+		} else {
+			j, ok = <-p.order
+		}
+		if !ok {
+			break
+		}
+		<-j.ready
+		batch = append(batch, j)
+		bytes += int64(j.ext.Length)
+		if len(batch) >= p.fs.cfg.BatchChunks || bytes >= p.fs.cfg.BatchBytes {
+			flush()
+		}
+	}
+	flush()
+}
+
+func (p *pipeline) release(b []*job) {
+	for _, j := range b {
+		if j.raw != nil {
+			putBuf(j.raw)
+			putBuf(j.enc)
+			j.raw, j.enc = nil, nil
+			p.fs.mem.Release(j.mem)
+		}
+	}
+}
+
+// upload negotiates one batch with metad and puts the missing chunks.
+func (p *pipeline) upload(b []*job) ([]cas.Extent, error) {
+	f := p.fs
+	first := make(map[cas.ChunkID]*job, len(b))
+	var ids []cas.ChunkID
+	for _, j := range b {
+		if j.raw == nil || j.ext.Hole {
+			continue
+		}
+		if _, ok := first[j.ext.ID]; !ok {
+			first[j.ext.ID] = j
+			ids = append(ids, j.ext.ID)
+		}
+	}
+	if len(ids) > 0 {
+		var plan metad.UploadPlan
+		err := f.retry(p.ctx, "prepare upload", func(ctx context.Context) error {
+			var err error
+			plan, err = f.meta.PrepareUpload(ctx, ids)
+			return err
+		})
+		if err != nil {
+			return nil, err
+		}
+		byEP := map[uint16][]blockd.Chunk{}
+		missing := make(map[cas.ChunkID]bool, len(plan.Missing))
+		for _, m := range plan.Missing {
+			j, ok := first[m.ID]
+			if !ok {
+				return nil, fmt.Errorf("casfs: metad reported chunk %s missing that was not offered", m.ID.Short())
+			}
+			if int(m.Endpoint) >= len(plan.Endpoints) {
+				return nil, fmt.Errorf("casfs: metad named endpoint %d of %d", m.Endpoint, len(plan.Endpoints))
+			}
+			if missing[m.ID] {
+				continue
+			}
+			missing[m.ID] = true
+			byEP[m.Endpoint] = append(byEP[m.Endpoint], blockd.Chunk{ID: m.ID, Data: j.enc})
+		}
+		for ep, chunks := range byEP {
+			err := f.retry(p.ctx, "put chunks", func(ctx context.Context) error {
+				return f.transport.Put(ctx, plan.Endpoints[ep], plan.Token, chunks)
+			})
+			if err != nil {
+				return nil, fmt.Errorf("upload to %s: %w", plan.Endpoints[ep].Name, err)
+			}
+			for _, c := range chunks {
+				f.stats.uploadedChunks.Add(1)
+				f.stats.uploadedRaw.Add(uint64(first[c.ID].ext.Length))
+				f.stats.uploadedEnc.Add(uint64(len(c.Data)))
+			}
+		}
+		for _, j := range b {
+			if j.raw != nil && !j.ext.Hole && !missing[j.ext.ID] {
+				f.stats.dupChunks.Add(1)
+				f.stats.dupBytes.Add(uint64(j.ext.Length))
+			}
+		}
+		// A chunk repeated within the batch is uploaded once; count the rest.
+		for _, j := range b {
+			if j.raw != nil && !j.ext.Hole && missing[j.ext.ID] && first[j.ext.ID] != j {
+				f.stats.dupChunks.Add(1)
+				f.stats.dupBytes.Add(uint64(j.ext.Length))
+			}
+		}
+	}
+	ext := make([]cas.Extent, len(b))
+	for i, j := range b {
+		ext[i] = j.ext
+		if j.raw != nil && j.ext.Hole {
+			f.stats.holeBytes.Add(uint64(j.ext.Length))
+		}
+	}
+	return ext, nil
+}
+
+// finish waits for every queued chunk to be uploaded and returns the
+// extents in file order, adjacent holes merged.
+func (p *pipeline) finish() ([]cas.Extent, error) {
+	close(p.order)
+	<-p.done
+	gerr := p.group.Wait()
+	p.cancel()
+	if err := p.error(); err != nil {
+		return nil, err
+	}
+	if gerr != nil {
+		return nil, gerr
+	}
+	var out []cas.Extent
+	for _, r := range p.results {
+		for _, e := range r {
+			if n := len(out); n > 0 && e.Hole && out[n-1].Hole && out[n-1].End() == e.Offset &&
+				uint64(out[n-1].Length)+uint64(e.Length) <= cas.MaxChunkSize {
+				out[n-1].Length += e.Length
+				continue
+			}
+			out = append(out, e)
+		}
+	}
+	return out, nil
+}
+
+// abort stops the pipeline and drops its work.
+func (p *pipeline) abort() {
+	p.setErr(errStopped)
+	close(p.order)
+	<-p.done
+	_ = p.group.Wait()
+}
+
+// Buffers for chunk bytes, by power-of-two size class up to MaxEncodedSize.
+var bufPools [24]sync.Pool
+
+func sizeClass(n int) int {
+	c := 12 // 4 KiB minimum
+	for 1<<c < n {
+		c++
+	}
+	return c
+}
+
+func getBuf(n int) []byte {
+	c := sizeClass(n)
+	if c < len(bufPools) {
+		if b, ok := bufPools[c].Get().(*[]byte); ok {
+			return (*b)[:n]
+		}
+	}
+	return make([]byte, n, 1<<c)
+}
+
+func putBuf(b []byte) {
+	if b == nil {
+		return
+	}
+	c := sizeClass(cap(b))
+	if c < len(bufPools) && cap(b) == 1<<c {
+		b = b[:0]
+		bufPools[c].Put(&b)
+	}
+}

@@ -1,0 +1,77 @@
+package casfs
+
+import (
+	"context"
+	"errors"
+	"net"
+	"syscall"
+
+	"stasis/blockd"
+	"stasis/cas"
+	"stasis/metad"
+)
+
+// Transport moves encoded chunks to and from the block stores that metad's
+// plans name. Put returns only when every chunk is durable on ep; Get
+// returns the encoded bytes of a chunk (the caller owns them) or an error
+// wrapping blockd.ErrNotFound. The token is the one from the UploadPlan
+// (Put) or ReadPlan (Get); in-process transports may ignore it.
+// Implementations are safe for concurrent use.
+type Transport interface {
+	Get(ctx context.Context, ep metad.Endpoint, token string, id cas.ChunkID) ([]byte, error)
+	Put(ctx context.Context, ep metad.Endpoint, token string, chunks []blockd.Chunk) error
+}
+
+// StoreTransport is the embedded-mode transport: every endpoint is the one
+// in-process store, and tokens are not needed.
+type StoreTransport struct {
+	Store blockd.WriteStore
+}
+
+var _ Transport = StoreTransport{}
+
+// Get implements Transport.
+func (t StoreTransport) Get(ctx context.Context, _ metad.Endpoint, _ string, id cas.ChunkID) ([]byte, error) {
+	return t.Store.Get(ctx, id)
+}
+
+// Put implements Transport.
+func (t StoreTransport) Put(ctx context.Context, _ metad.Endpoint, _ string, chunks []blockd.Chunk) error {
+	return t.Store.Put(ctx, chunks)
+}
+
+// ClientFactory builds a blockd client for one endpoint whose calls carry
+// token; daemon mode passes a function wrapping blockd.NewClient.
+type ClientFactory func(ep metad.Endpoint, token string) blockd.WriteStore
+
+// ClientTransport is the daemon-mode transport: it talks to each endpoint
+// through a client made by New for the plan's token.
+type ClientTransport struct {
+	New ClientFactory
+}
+
+var _ Transport = ClientTransport{}
+
+// Get implements Transport.
+func (t ClientTransport) Get(ctx context.Context, ep metad.Endpoint, token string, id cas.ChunkID) ([]byte, error) {
+	return t.New(ep, token).Get(ctx, id)
+}
+
+// Put implements Transport.
+func (t ClientTransport) Put(ctx context.Context, ep metad.Endpoint, token string, chunks []blockd.Chunk) error {
+	return t.New(ep, token).Put(ctx, chunks)
+}
+
+// transient reports whether err is worth retrying: the service said it is
+// unavailable, or the network failed. Corruption, missing data, full disks
+// and refused tokens are not transient.
+func transient(err error) bool {
+	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return false
+	}
+	if errors.Is(err, metad.ErrUnavailable) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) {
+		return true
+	}
+	var ne net.Error
+	return errors.As(err, &ne)
+}
