@@ -1,0 +1,471 @@
+package blockd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+	"github.com/dgraph-io/badger/v4/options"
+
+	"stasis/cas"
+)
+
+// Badger key layout (the only key kind blockd writes):
+//
+//	"c" | 32-byte chunk ID  ->  the encoded chunk (cas.Encode output)
+//
+// Values are larger than ValueThreshold (1 KiB) except for tiny, highly
+// compressed chunks, so they live in badger's value log and the LSM tree
+// holds only keys and value pointers; value-log GC reclaims deleted chunks.
+// Writes are not synced by badger (SyncWrites=false): Put syncs once per
+// group of concurrent Puts (see groupSync) before it returns.
+const keyPrefixChunk = 'c'
+
+func chunkKey(id cas.ChunkID) []byte {
+	k := make([]byte, 1+cas.IDSize)
+	k[0] = keyPrefixChunk
+	copy(k[1:], id[:])
+	return k
+}
+
+// BadgerConfig configures a BadgerStore.
+type BadgerConfig struct {
+	Dir    string       // directory holding the database; created if missing
+	Logger *slog.Logger // badger's own messages go here (info as debug); nil: discard
+	// Small shrinks memtables, caches and value-log files for tests and
+	// embedded use, where many stores share a machine.
+	Small bool
+	// GCInterval is how often value-log GC runs (default 10 minutes;
+	// negative disables it). GCDiscardRatio is the fraction of a value-log
+	// file that must be garbage before it is rewritten (default 0.5).
+	GCInterval     time.Duration
+	GCDiscardRatio float64
+}
+
+// Validate checks the config and fills defaults.
+func (c *BadgerConfig) Validate() error {
+	if c.Dir == "" {
+		return errors.New("blockd: badger config needs a Dir")
+	}
+	if c.GCInterval == 0 {
+		c.GCInterval = 10 * time.Minute
+	}
+	if c.GCDiscardRatio == 0 {
+		c.GCDiscardRatio = 0.5
+	}
+	if c.GCDiscardRatio <= 0 || c.GCDiscardRatio >= 1 {
+		return fmt.Errorf("blockd: GC discard ratio %v must be in (0, 1)", c.GCDiscardRatio)
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return nil
+}
+
+// BadgerStore is the persistent PruneStore: chunks in a badger database.
+type BadgerStore struct {
+	db   *badger.DB
+	log  *slog.Logger
+	gs   *groupSync
+	done chan struct{}
+	wg   sync.WaitGroup
+
+	closeMu sync.RWMutex // held shared by operations, exclusively by Close
+	closed  bool
+
+	statsMu sync.Mutex
+	stats   Stats
+}
+
+var (
+	_ PruneStore = (*BadgerStore)(nil)
+	_ StatStore  = (*BadgerStore)(nil)
+)
+
+// ErrClosed is returned by operations on a closed store.
+var ErrClosed = errors.New("blockd: store closed")
+
+// OpenBadger opens (or creates) the store in cfg.Dir, counts what it holds
+// (one pass over the keys, reading each value's codec header), and starts
+// the value-log GC loop. Close stops the loop and closes the database.
+func OpenBadger(cfg BadgerConfig) (*BadgerStore, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	opts := badger.DefaultOptions(cfg.Dir).
+		WithLogger(badgerLogger{cfg.Logger}).
+		WithSyncWrites(false).
+		WithValueThreshold(1 << 10).
+		WithCompression(options.None). // values are LZ4 already; keys are hashes
+		WithNumVersionsToKeep(1).
+		WithMetricsEnabled(false)
+	if cfg.Small {
+		opts = opts.WithMemTableSize(4 << 20).
+			WithNumMemtables(2).
+			WithNumLevelZeroTables(2).
+			WithNumLevelZeroTablesStall(8).
+			WithBlockCacheSize(1 << 20).
+			WithIndexCacheSize(1 << 20).
+			WithValueLogFileSize(64 << 20).
+			WithNumCompactors(2).
+			WithNumGoroutines(2)
+	} else {
+		opts = opts.WithBlockCacheSize(64 << 20).WithIndexCacheSize(32 << 20)
+	}
+	db, err := badger.Open(opts)
+	if err != nil {
+		return nil, fmt.Errorf("blockd: open badger in %s: %w", cfg.Dir, err)
+	}
+	s := &BadgerStore{db: db, log: cfg.Logger, done: make(chan struct{})}
+	s.gs = newGroupSync(db.Sync)
+	if err := s.count(); err != nil {
+		db.Close()
+		return nil, err
+	}
+	if cfg.GCInterval > 0 {
+		s.wg.Add(1)
+		go s.gcLoop(cfg.GCInterval, cfg.GCDiscardRatio)
+	}
+	return s, nil
+}
+
+func (s *BadgerStore) count() error {
+	return s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{keyPrefixChunk}})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			if err := it.Item().Value(func(v []byte) error {
+				s.stats.add(v, 1)
+				return nil
+			}); err != nil {
+				return fmt.Errorf("blockd: counting chunks: %w", err)
+			}
+		}
+		return nil
+	})
+}
+
+// Close stops value-log GC and closes the database. Operations after Close
+// return ErrClosed.
+func (s *BadgerStore) Close() error {
+	s.closeMu.Lock()
+	defer s.closeMu.Unlock()
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	close(s.done)
+	s.wg.Wait()
+	return s.db.Close()
+}
+
+func (s *BadgerStore) gcLoop(every time.Duration, ratio float64) {
+	defer s.wg.Done()
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.done:
+			return
+		case <-t.C:
+			s.RunGC(ratio)
+		}
+	}
+}
+
+// RunGC rewrites value-log files that are at least ratio garbage, until
+// none is; it returns how many files it rewrote.
+func (s *BadgerStore) RunGC(ratio float64) int {
+	n := 0
+	for {
+		select {
+		case <-s.done:
+			return n
+		default:
+		}
+		err := s.db.RunValueLogGC(ratio)
+		if err != nil {
+			if !errors.Is(err, badger.ErrNoRewrite) && !errors.Is(err, badger.ErrRejected) {
+				s.log.Warn("value-log GC failed", "err", err)
+			}
+			return n
+		}
+		n++
+	}
+}
+
+func (s *BadgerStore) enter() error {
+	s.closeMu.RLock()
+	if s.closed {
+		s.closeMu.RUnlock()
+		return ErrClosed
+	}
+	return nil
+}
+
+func (s *BadgerStore) leave() { s.closeMu.RUnlock() }
+
+// Get implements Store.
+func (s *BadgerStore) Get(ctx context.Context, id cas.ChunkID) ([]byte, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if err := s.enter(); err != nil {
+		return nil, err
+	}
+	defer s.leave()
+	var out []byte
+	err := s.db.View(func(txn *badger.Txn) error {
+		item, err := txn.Get(chunkKey(id))
+		if err != nil {
+			return err
+		}
+		out, err = item.ValueCopy(nil)
+		return err
+	})
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return nil, fmt.Errorf("chunk %s: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("blockd: get %s: %w", id.Short(), err)
+	}
+	return out, nil
+}
+
+// Missing implements Store.
+func (s *BadgerStore) Missing(ctx context.Context, ids []cas.ChunkID) ([]cas.ChunkID, error) {
+	if err := s.enter(); err != nil {
+		return nil, err
+	}
+	defer s.leave()
+	var out []cas.ChunkID
+	err := s.db.View(func(txn *badger.Txn) error {
+		for i, id := range ids {
+			if i%1024 == 0 {
+				if err := ctx.Err(); err != nil {
+					return err
+				}
+			}
+			_, err := txn.Get(chunkKey(id))
+			switch {
+			case errors.Is(err, badger.ErrKeyNotFound):
+				out = append(out, id)
+			case err != nil:
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("blockd: missing: %w", err)
+	}
+	return out, nil
+}
+
+// Put implements WriteStore. Chunks go into transactions (split when one
+// grows too big, retried on conflicts with concurrent Puts of the same
+// chunk); once all are committed, one group sync makes them durable.
+func (s *BadgerStore) Put(ctx context.Context, chunks []Chunk) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := s.enter(); err != nil {
+		return err
+	}
+	defer s.leave()
+	for len(chunks) > 0 {
+		n, err := s.putTxn(chunks)
+		if err != nil {
+			return s.wrapErr("put", err)
+		}
+		chunks = chunks[n:]
+	}
+	if err := s.gs.Sync(); err != nil {
+		return s.wrapErr("sync", err)
+	}
+	return nil
+}
+
+// putTxn commits a prefix of chunks in one transaction and returns its length.
+func (s *BadgerStore) putTxn(chunks []Chunk) (int, error) {
+	for {
+		var added Stats
+		txn := s.db.NewTransaction(true)
+		n := 0
+		var err error
+		for _, c := range chunks {
+			key := chunkKey(c.ID)
+			if _, err = txn.Get(key); err == nil {
+				n++ // already stored (or earlier in this batch)
+				continue
+			} else if !errors.Is(err, badger.ErrKeyNotFound) {
+				break
+			}
+			if err = txn.Set(key, c.Data); err != nil {
+				break
+			}
+			added.add(c.Data, 1)
+			n++
+		}
+		if errors.Is(err, badger.ErrTxnTooBig) && n > 0 {
+			err = nil // commit what fits; the caller sends the rest
+		}
+		if err == nil {
+			err = txn.Commit()
+		}
+		txn.Discard()
+		if errors.Is(err, badger.ErrConflict) {
+			continue // a concurrent Put wrote one of these keys: recheck
+		}
+		if err != nil {
+			return 0, err
+		}
+		s.statsMu.Lock()
+		s.stats.Chunks += added.Chunks
+		s.stats.EncodedBytes += added.EncodedBytes
+		s.stats.RawBytes += added.RawBytes
+		s.statsMu.Unlock()
+		return n, nil
+	}
+}
+
+// Delete implements PruneStore. Deletions are synced like puts.
+func (s *BadgerStore) Delete(ctx context.Context, ids []cas.ChunkID) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := s.enter(); err != nil {
+		return err
+	}
+	defer s.leave()
+	for len(ids) > 0 {
+		n := min(len(ids), 1000)
+		if err := s.deleteTxn(ids[:n]); err != nil {
+			return s.wrapErr("delete", err)
+		}
+		ids = ids[n:]
+	}
+	if err := s.gs.Sync(); err != nil {
+		return s.wrapErr("sync", err)
+	}
+	return nil
+}
+
+func (s *BadgerStore) deleteTxn(ids []cas.ChunkID) error {
+	for {
+		var removed Stats
+		err := s.db.Update(func(txn *badger.Txn) error {
+			removed = Stats{}
+			for _, id := range ids {
+				key := chunkKey(id)
+				item, err := txn.Get(key)
+				if errors.Is(err, badger.ErrKeyNotFound) {
+					continue
+				}
+				if err != nil {
+					return err
+				}
+				if err := item.Value(func(v []byte) error { removed.add(v, 1); return nil }); err != nil {
+					return err
+				}
+				if err := txn.Delete(key); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if errors.Is(err, badger.ErrConflict) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		s.statsMu.Lock()
+		s.stats.Chunks -= removed.Chunks
+		s.stats.EncodedBytes -= removed.EncodedBytes
+		s.stats.RawBytes -= removed.RawBytes
+		s.statsMu.Unlock()
+		return nil
+	}
+}
+
+// List implements PruneStore. It reads pages of keys, each from a fresh
+// read snapshot, and calls fn outside any transaction, so fn may call into
+// the store (including Delete). A chunk added or deleted during List may or
+// may not be listed; every chunk present throughout is listed once.
+func (s *BadgerStore) List(ctx context.Context, fn func(ChunkInfo) error) error {
+	const page = 1024
+	infos := make([]ChunkInfo, 0, page)
+	seek := []byte{keyPrefixChunk}
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		infos = infos[:0]
+		if err := s.listPage(seek, page, &infos); err != nil {
+			return err
+		}
+		for _, info := range infos {
+			if err := fn(info); err != nil {
+				return err
+			}
+		}
+		if len(infos) < page {
+			return nil
+		}
+		last := infos[len(infos)-1].ID
+		seek = append(chunkKey(last), 0) // the smallest key after last
+	}
+}
+
+func (s *BadgerStore) listPage(seek []byte, max int, infos *[]ChunkInfo) error {
+	if err := s.enter(); err != nil {
+		return err
+	}
+	defer s.leave()
+	return s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{keyPrefixChunk}})
+		defer it.Close()
+		for it.Seek(seek); it.Valid() && len(*infos) < max; it.Next() {
+			item := it.Item()
+			var info ChunkInfo
+			copy(info.ID[:], item.Key()[1:])
+			if err := item.Value(func(v []byte) error { info.EncodedSize = len(v); return nil }); err != nil {
+				return fmt.Errorf("blockd: list: %w", err)
+			}
+			*infos = append(*infos, info)
+		}
+		return nil
+	})
+}
+
+// Stats implements StatStore.
+func (s *BadgerStore) Stats() Stats {
+	s.statsMu.Lock()
+	defer s.statsMu.Unlock()
+	return s.stats
+}
+
+// Syncs is the number of syncs Put and Delete have run (each shared by
+// every Put that was waiting when it started).
+func (s *BadgerStore) Syncs() int64 { return s.gs.Count() }
+
+func (s *BadgerStore) wrapErr(op string, err error) error {
+	if errors.Is(err, syscall.ENOSPC) {
+		return fmt.Errorf("blockd: %s: %w: %w", op, ErrNoSpace, err)
+	}
+	return fmt.Errorf("blockd: %s: %w", op, err)
+}
+
+// badgerLogger sends badger's messages to slog; its info chatter is debug.
+type badgerLogger struct{ l *slog.Logger }
+
+func (b badgerLogger) Errorf(f string, a ...any)   { b.l.Error(fmt.Sprintf(f, a...)) }
+func (b badgerLogger) Warningf(f string, a ...any) { b.l.Warn(fmt.Sprintf(f, a...)) }
+func (b badgerLogger) Infof(f string, a ...any)    { b.l.Debug(fmt.Sprintf(f, a...)) }
+func (b badgerLogger) Debugf(f string, a ...any)   {}

@@ -1,0 +1,160 @@
+package blockd_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"stasis/blockd"
+	"stasis/blockd/storetest"
+	"stasis/cas"
+)
+
+func openBadger(t testing.TB, dir string) *blockd.BadgerStore {
+	t.Helper()
+	s, err := blockd.OpenBadger(blockd.BadgerConfig{Dir: dir, Small: true, GCInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func TestBadgerConformance(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) blockd.PruneStore { return openBadger(t, t.TempDir()) })
+}
+
+func TestBadgerReopen(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	s := openBadger(t, dir)
+	chunks := storetest.Chunks(1, 50, 20000)
+	if err := s.Put(ctx, chunks); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Delete(ctx, storetest.IDs(chunks[:10])); err != nil {
+		t.Fatal(err)
+	}
+	want := s.Stats()
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Get(ctx, chunks[20].ID); !errors.Is(err, blockd.ErrClosed) {
+		t.Fatalf("Get after Close = %v", err)
+	}
+	if err := s.Put(ctx, chunks[:1]); !errors.Is(err, blockd.ErrClosed) {
+		t.Fatalf("Put after Close = %v", err)
+	}
+	s2 := openBadger(t, dir)
+	storetest.CheckHolds(t, s2, chunks[10:])
+	if got := s2.Stats(); got != want {
+		t.Fatalf("Stats after reopen = %+v, want %+v (counted at open)", got, want)
+	}
+}
+
+func TestBadgerConfig(t *testing.T) {
+	if _, err := blockd.OpenBadger(blockd.BadgerConfig{}); err == nil {
+		t.Error("opened without a Dir")
+	}
+	if _, err := blockd.OpenBadger(blockd.BadgerConfig{Dir: t.TempDir(), GCDiscardRatio: 1.5}); err == nil {
+		t.Error("accepted discard ratio 1.5")
+	}
+	// A directory that cannot be created.
+	if _, err := blockd.OpenBadger(blockd.BadgerConfig{Dir: "/proc/blockd-test", Small: true}); err == nil {
+		t.Error("opened in /proc")
+	}
+}
+
+// TestBadgerGroupCommit shows concurrent Puts sharing syncs: 16 writers
+// putting one chunk at a time need far fewer syncs than puts.
+func TestBadgerGroupCommit(t *testing.T) {
+	s := openBadger(t, t.TempDir())
+	ctx := context.Background()
+	const writers, each = 16, 20
+	before := s.Syncs()
+	var wg sync.WaitGroup
+	for g := range writers {
+		wg.Go(func() {
+			for _, c := range storetest.Chunks(uint64(1000+g), each, 8<<10) {
+				if err := s.Put(ctx, []blockd.Chunk{c}); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	syncs := s.Syncs() - before
+	t.Logf("%d puts, %d syncs", writers*each, syncs)
+	if syncs < 1 || syncs >= writers*each {
+		t.Fatalf("%d puts ran %d syncs; group commit should share them", writers*each, syncs)
+	}
+}
+
+func TestBadgerValueLogGC(t *testing.T) {
+	s := openBadger(t, t.TempDir())
+	ctx := context.Background()
+	chunks := storetest.Chunks(3, 64, 64<<10)
+	if err := s.Put(ctx, chunks); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Delete(ctx, storetest.IDs(chunks[:60])); err != nil {
+		t.Fatal(err)
+	}
+	s.RunGC(0.5) // may or may not rewrite (badger samples); must not break reads
+	storetest.CheckHolds(t, s, chunks[60:])
+}
+
+func TestBadgerGCLoopStopsOnClose(t *testing.T) {
+	s, err := blockd.OpenBadger(blockd.BadgerConfig{Dir: t.TempDir(), Small: true, GCInterval: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(20 * time.Millisecond) // let the loop run a few rounds
+	done := make(chan error, 1)
+	go func() { done <- s.Close() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close did not stop the GC loop")
+	}
+	if err := s.Close(); err != nil {
+		t.Fatalf("second Close = %v", err)
+	}
+}
+
+func TestVerifyDecorator(t *testing.T) {
+	ctx := context.Background()
+	mem := blockd.NewMemStore()
+	v := blockd.Verify(mem)
+	if _, ok := v.(blockd.PruneStore); !ok {
+		t.Fatal("Verify of a PruneStore is not a PruneStore")
+	}
+	good := storetest.Chunks(4, 3, 1000)
+	bad := good[1]
+	bad.Data = cas.Encode(nil, []byte("not what the id says"))
+	var re *blockd.RejectError
+	err := v.Put(ctx, []blockd.Chunk{good[0], bad, good[2]})
+	if !errors.As(err, &re) || re.ID != bad.ID || re.Reason != blockd.ReasonHashMismatch || !errors.Is(err, cas.ErrHashMismatch) {
+		t.Fatalf("Put with a wrong-hash chunk = %v", err)
+	}
+	corrupt := blockd.Chunk{ID: good[0].ID, Data: []byte{1, 0x80}}
+	if err := v.Put(ctx, []blockd.Chunk{corrupt}); !errors.As(err, &re) || re.Reason != blockd.ReasonCorrupt || !errors.Is(err, cas.ErrCorruptChunk) {
+		t.Fatalf("Put with a corrupt chunk = %v", err)
+	}
+	huge := blockd.Chunk{ID: good[0].ID, Data: make([]byte, cas.MaxEncodedSize+1)}
+	if err := v.Put(ctx, []blockd.Chunk{huge}); !errors.As(err, &re) || re.Reason != blockd.ReasonTooLarge {
+		t.Fatalf("Put with an oversize chunk = %v", err)
+	}
+	storetest.CheckHolds(t, mem, nil) // a refused batch stores nothing
+	if err := v.Put(ctx, good); err != nil {
+		t.Fatal(err)
+	}
+	storetest.CheckHolds(t, mem, good)
+	storetest.Run(t, func(*testing.T) blockd.PruneStore { return blockd.Verify(blockd.NewMemStore()).(blockd.PruneStore) })
+}

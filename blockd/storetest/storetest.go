@@ -1,0 +1,423 @@
+// Package storetest is the conformance suite every blockd store backend
+// passes: the Store/WriteStore/PruneStore contracts of blockd/store.go
+// (not-found errors, idempotent puts, read after write, list order,
+// concurrency, the largest chunk) checked the same way for each.
+package storetest
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"testing"
+
+	"stasis/blockd"
+	"stasis/cas"
+)
+
+// Run runs the suite. newStore returns an empty store; it registers its own
+// cleanup with t.
+func Run(t *testing.T, newStore func(t *testing.T) blockd.PruneStore) {
+	tests := []struct {
+		name string
+		fn   func(*testing.T, blockd.PruneStore)
+	}{
+		{"GetMissing", testGetMissing},
+		{"PutGet", testPutGet},
+		{"IdempotentPut", testIdempotentPut},
+		{"Delete", testDelete},
+		{"ListOrder", testListOrder},
+		{"ListStops", testListStops},
+		{"ListDuringDelete", testListDuringDelete},
+		{"ReadAfterWrite", testReadAfterWrite},
+		{"Concurrency", testConcurrency},
+		{"LargeChunk", testLargeChunk},
+		{"Canceled", testCanceled},
+		{"Stats", testStats},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) { tc.fn(t, newStore(t)) })
+	}
+}
+
+// Chunks returns n valid encoded chunks of size bytes from seed: half
+// compressible (LZ4), half random (raw).
+func Chunks(seed uint64, n, size int) []blockd.Chunk {
+	r := rand.New(rand.NewPCG(seed, 77))
+	out := make([]blockd.Chunk, n)
+	for i := range out {
+		raw := make([]byte, size)
+		for j := range raw {
+			raw[j] = byte(r.Uint32())
+		}
+		if i%2 == 0 {
+			for j := range raw {
+				raw[j] &= 3 // compressible
+			}
+		}
+		out[i] = blockd.Chunk{ID: cas.Sum(raw), Data: cas.Encode(nil, raw)}
+	}
+	return out
+}
+
+// IDs returns the chunks' IDs in order.
+func IDs(chunks []blockd.Chunk) []cas.ChunkID {
+	ids := make([]cas.ChunkID, len(chunks))
+	for i, c := range chunks {
+		ids[i] = c.ID
+	}
+	return ids
+}
+
+// ListAll returns every listed chunk.
+func ListAll(t testing.TB, s blockd.PruneStore) []blockd.ChunkInfo {
+	t.Helper()
+	var out []blockd.ChunkInfo
+	if err := s.List(context.Background(), func(i blockd.ChunkInfo) error {
+		out = append(out, i)
+		return nil
+	}); err != nil {
+		t.Fatalf("List: %v", err)
+	}
+	return out
+}
+
+// CheckHolds fails t unless s holds exactly want, each byte for byte.
+func CheckHolds(t testing.TB, s blockd.PruneStore, want []blockd.Chunk) {
+	t.Helper()
+	ctx := context.Background()
+	byID := map[cas.ChunkID][]byte{}
+	for _, c := range want {
+		byID[c.ID] = c.Data
+	}
+	listed := ListAll(t, s)
+	if len(listed) != len(byID) {
+		t.Fatalf("store lists %d chunks, want %d", len(listed), len(byID))
+	}
+	for _, info := range listed {
+		data, ok := byID[info.ID]
+		if !ok {
+			t.Fatalf("store lists unexpected chunk %s", info.ID.Short())
+		}
+		if info.EncodedSize != len(data) {
+			t.Fatalf("chunk %s listed with size %d, want %d", info.ID.Short(), info.EncodedSize, len(data))
+		}
+		got, err := s.Get(ctx, info.ID)
+		if err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("Get(%s) = %d bytes, %v", info.ID.Short(), len(got), err)
+		}
+	}
+}
+
+func testGetMissing(t *testing.T, s blockd.PruneStore) {
+	ctx := context.Background()
+	id := cas.Sum([]byte("absent"))
+	if _, err := s.Get(ctx, id); !errors.Is(err, blockd.ErrNotFound) {
+		t.Fatalf("Get(absent) = %v, want ErrNotFound", err)
+	}
+	ids := IDs(Chunks(1, 3, 100))
+	m, err := s.Missing(ctx, ids)
+	if err != nil || !slices.Equal(m, ids) {
+		t.Fatalf("Missing on an empty store = %v, %v", m, err)
+	}
+	if m, err := s.Missing(ctx, nil); err != nil || len(m) != 0 {
+		t.Fatalf("Missing(nil) = %v, %v", m, err)
+	}
+	if got := ListAll(t, s); len(got) != 0 {
+		t.Fatalf("empty store lists %d chunks", len(got))
+	}
+	if err := s.Put(ctx, nil); err != nil {
+		t.Fatalf("Put(nil) = %v", err)
+	}
+}
+
+func testPutGet(t *testing.T, s blockd.PruneStore) {
+	ctx := context.Background()
+	chunks := Chunks(2, 10, 5000)
+	if err := s.Put(ctx, chunks[:6]); err != nil {
+		t.Fatal(err)
+	}
+	m, err := s.Missing(ctx, IDs(chunks))
+	if err != nil || !slices.Equal(m, IDs(chunks[6:])) {
+		t.Fatalf("Missing = %v, %v; want the last 4 in input order", m, err)
+	}
+	// Missing keeps input order, including for a reversed request.
+	rev := slices.Clone(IDs(chunks))
+	slices.Reverse(rev)
+	m, _ = s.Missing(ctx, rev)
+	want := slices.Clone(IDs(chunks[6:]))
+	slices.Reverse(want)
+	if !slices.Equal(m, want) {
+		t.Fatal("Missing does not keep input order")
+	}
+	got, err := s.Get(ctx, chunks[0].ID)
+	if err != nil || !bytes.Equal(got, chunks[0].Data) {
+		t.Fatalf("Get = %v", err)
+	}
+	// The caller owns what Get returns, and the store owns its copy of
+	// what Put was given.
+	clear(got)
+	orig := bytes.Clone(chunks[1].Data)
+	clear(chunks[1].Data)
+	chunks[1].Data = orig
+	CheckHolds(t, s, chunks[:6])
+}
+
+func testIdempotentPut(t *testing.T, s blockd.PruneStore) {
+	ctx := context.Background()
+	chunks := Chunks(3, 4, 3000)
+	batch := append(slices.Clone(chunks), chunks[0], chunks[2]) // duplicates in one batch
+	for range 3 {
+		if err := s.Put(ctx, batch); err != nil {
+			t.Fatal(err)
+		}
+	}
+	CheckHolds(t, s, chunks)
+}
+
+func testDelete(t *testing.T, s blockd.PruneStore) {
+	ctx := context.Background()
+	chunks := Chunks(4, 6, 2000)
+	if err := s.Put(ctx, chunks); err != nil {
+		t.Fatal(err)
+	}
+	absent := cas.Sum([]byte("never stored"))
+	if err := s.Delete(ctx, []cas.ChunkID{chunks[1].ID, absent, chunks[4].ID, chunks[1].ID}); err != nil {
+		t.Fatalf("Delete: %v", err)
+	}
+	if err := s.Delete(ctx, nil); err != nil {
+		t.Fatalf("Delete(nil): %v", err)
+	}
+	if _, err := s.Get(ctx, chunks[1].ID); !errors.Is(err, blockd.ErrNotFound) {
+		t.Fatalf("Get(deleted) = %v", err)
+	}
+	m, _ := s.Missing(ctx, IDs(chunks))
+	if !slices.Equal(m, []cas.ChunkID{chunks[1].ID, chunks[4].ID}) {
+		t.Fatalf("Missing after delete = %v", m)
+	}
+	CheckHolds(t, s, []blockd.Chunk{chunks[0], chunks[2], chunks[3], chunks[5]})
+	// A deleted chunk can be stored again.
+	if err := s.Put(ctx, chunks[1:2]); err != nil {
+		t.Fatal(err)
+	}
+	CheckHolds(t, s, []blockd.Chunk{chunks[0], chunks[1], chunks[2], chunks[3], chunks[5]})
+}
+
+func testListOrder(t *testing.T, s blockd.PruneStore) {
+	ctx := context.Background()
+	chunks := Chunks(5, 2500, 64) // more than one page of a paging List
+	for i := 0; i < len(chunks); i += 500 {
+		if err := s.Put(ctx, chunks[i:i+500]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := ListAll(t, s)
+	if len(got) != len(chunks) {
+		t.Fatalf("listed %d of %d", len(got), len(chunks))
+	}
+	for i := 1; i < len(got); i++ {
+		if bytes.Compare(got[i-1].ID[:], got[i].ID[:]) >= 0 {
+			t.Fatalf("List out of order at %d", i)
+		}
+	}
+	CheckHolds(t, s, chunks)
+}
+
+func testListStops(t *testing.T, s blockd.PruneStore) {
+	ctx := context.Background()
+	if err := s.Put(ctx, Chunks(6, 20, 100)); err != nil {
+		t.Fatal(err)
+	}
+	stop := errors.New("stop")
+	n := 0
+	err := s.List(ctx, func(blockd.ChunkInfo) error {
+		n++
+		if n == 5 {
+			return stop
+		}
+		return nil
+	})
+	if !errors.Is(err, stop) || n != 5 {
+		t.Fatalf("List = %v after %d calls; want stop after 5", err, n)
+	}
+}
+
+// A garbage collector lists and deletes in the same pass.
+func testListDuringDelete(t *testing.T, s blockd.PruneStore) {
+	ctx := context.Background()
+	chunks := Chunks(7, 1500, 50)
+	if err := s.Put(ctx, chunks); err != nil {
+		t.Fatal(err)
+	}
+	var keep []blockd.Chunk
+	byID := map[cas.ChunkID]blockd.Chunk{}
+	for _, c := range chunks {
+		byID[c.ID] = c
+	}
+	i := 0
+	err := s.List(ctx, func(info blockd.ChunkInfo) error {
+		i++
+		if i%2 == 0 {
+			return s.Delete(ctx, []cas.ChunkID{info.ID})
+		}
+		keep = append(keep, byID[info.ID])
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if i != len(chunks) {
+		t.Fatalf("listed %d of %d while deleting", i, len(chunks))
+	}
+	CheckHolds(t, s, keep)
+}
+
+func testReadAfterWrite(t *testing.T, s blockd.PruneStore) {
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for g := range 8 {
+		wg.Go(func() {
+			for _, c := range Chunks(uint64(100+g), 20, 1000) {
+				if err := s.Put(ctx, []blockd.Chunk{c}); err != nil {
+					errs <- err
+					return
+				}
+				got, err := s.Get(ctx, c.ID)
+				if err != nil || !bytes.Equal(got, c.Data) {
+					errs <- fmt.Errorf("read after write of %s: %v", c.ID.Short(), err)
+					return
+				}
+				if m, err := s.Missing(ctx, []cas.ChunkID{c.ID}); err != nil || len(m) != 0 {
+					errs <- fmt.Errorf("Missing after write of %s: %v, %v", c.ID.Short(), m, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+}
+
+func testConcurrency(t *testing.T, s blockd.PruneStore) {
+	ctx := context.Background()
+	chunks := Chunks(8, 200, 700)
+	doomed := Chunks(9, 50, 700)
+	if err := s.Put(ctx, doomed); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 16)
+	for g := range 8 {
+		wg.Go(func() {
+			// Overlapping batches: every goroutine puts every chunk, in
+			// a different order and batch size.
+			r := rand.New(rand.NewPCG(uint64(g), 1))
+			order := r.Perm(len(chunks))
+			for i := 0; i < len(order); {
+				n := 1 + r.IntN(20)
+				var batch []blockd.Chunk
+				for _, k := range order[i:min(i+n, len(order))] {
+					batch = append(batch, chunks[k])
+				}
+				i += n
+				if err := s.Put(ctx, batch); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	for g := range 2 {
+		wg.Go(func() {
+			for _, c := range doomed[g*25 : g*25+25] {
+				if err := s.Delete(ctx, []cas.ChunkID{c.ID}); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Go(func() {
+		for range 5 {
+			if err := s.List(ctx, func(blockd.ChunkInfo) error { return nil }); err != nil {
+				errs <- err
+				return
+			}
+		}
+	})
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	CheckHolds(t, s, chunks)
+}
+
+func testLargeChunk(t *testing.T, s blockd.PruneStore) {
+	ctx := context.Background()
+	raw := make([]byte, cas.MaxChunkSize)
+	r := rand.New(rand.NewPCG(10, 10))
+	for i := range raw {
+		raw[i] = byte(r.Uint32())
+	}
+	c := blockd.Chunk{ID: cas.Sum(raw), Data: cas.Encode(nil, raw)}
+	if len(c.Data) != cas.MaxEncodedSize {
+		t.Fatalf("encoded %d bytes, want the maximum %d", len(c.Data), cas.MaxEncodedSize)
+	}
+	small := Chunks(11, 3, 10)
+	if err := s.Put(ctx, append([]blockd.Chunk{c}, small...)); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Get(ctx, c.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dec, err := cas.DecodeVerify(nil, c.ID, got); err != nil || len(dec) != len(raw) {
+		t.Fatalf("largest chunk does not verify after a round trip: %v", err)
+	}
+	CheckHolds(t, s, append([]blockd.Chunk{c}, small...))
+}
+
+func testCanceled(t *testing.T, s blockd.PruneStore) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	chunks := Chunks(12, 2, 100)
+	if err := s.Put(ctx, chunks); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Put with a canceled context = %v", err)
+	}
+	if _, err := s.Get(ctx, chunks[0].ID); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Get with a canceled context = %v", err)
+	}
+	CheckHolds(t, s, nil)
+}
+
+func testStats(t *testing.T, s blockd.PruneStore) {
+	ss, ok := s.(blockd.StatStore)
+	if !ok {
+		return // optional interface; nothing to check
+	}
+	ctx := context.Background()
+	chunks := Chunks(13, 10, 4096)
+	if err := s.Put(ctx, append(chunks, chunks[0])); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Delete(ctx, []cas.ChunkID{chunks[9].ID}); err != nil {
+		t.Fatal(err)
+	}
+	var want blockd.Stats
+	for _, c := range chunks[:9] {
+		want.Chunks++
+		want.EncodedBytes += int64(len(c.Data))
+		want.RawBytes += 4096
+	}
+	if got := ss.Stats(); got != want {
+		t.Fatalf("Stats = %+v, want %+v", got, want)
+	}
+}
