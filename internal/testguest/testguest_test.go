@@ -56,12 +56,18 @@ func TestConsolePartialLines(t *testing.T) {
 // the disk read-back, the shell, and that QEMU is gone after Kill.
 func TestBoot(t *testing.T) {
 	dir := t.TempDir()
-	t.Cleanup(func() { b, _ := os.ReadFile(filepath.Join(dir, "console.log")); q, _ := os.ReadFile(filepath.Join(dir, "qemu.log")); t.Logf("console:\n%s\nqemu:\n%s", b, q) })
+	t.Cleanup(func() {
+		b, _ := os.ReadFile(filepath.Join(dir, "console.log"))
+		q, _ := os.ReadFile(filepath.Join(dir, "qemu.log"))
+		t.Logf("console:\n%s\nqemu:\n%s", b, q)
+	})
 	f := Require(t)
 	g := Start(t, f, Config{Dir: dir, Name: "tb", Shell: true})
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	if _, err := g.Console.Wait(ctx, func(l string) bool { return strings.HasPrefix(l, "STASIS-BOOT id=tb") && strings.Contains(l, "base=STASIS-BASE-V1") }); err != nil {
+	if _, err := g.Console.Wait(ctx, func(l string) bool {
+		return strings.HasPrefix(l, "STASIS-BOOT id=tb") && strings.Contains(l, "base=STASIS-BASE-V1")
+	}); err != nil {
 		t.Fatal(err)
 	}
 	first, err := g.Console.WaitTick(ctx, nil)
