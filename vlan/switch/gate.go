@@ -25,11 +25,11 @@ type gate struct {
 type verdict int
 
 const (
-	deliver  verdict = iota // write it now
-	logged                  // in-flight state, kept in log
-	held                    // orphan-to-be, kept in hold
-	queued                  // kept in pending until resume
-	dropped                 // over the limit; the caller releases it
+	deliver verdict = iota // write it now
+	logged                 // in-flight state, kept in log
+	held                   // orphan-to-be, kept in hold
+	queued                 // kept in pending until resume
+	dropped                // over the limit; the caller releases it
 )
 
 func (g *gate) size() int { return len(g.hold) + len(g.pending) + len(g.log) }

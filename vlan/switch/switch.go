@@ -98,8 +98,8 @@ type Switch struct {
 	pool  *framePool
 	table *macTable
 
-	mu     sync.Mutex         // guards byName, ports updates and ck
-	byName map[string]*port   // attached ports
+	mu     sync.Mutex              // guards byName, ports updates and ck
+	byName map[string]*port        // attached ports
 	ports  atomic.Pointer[[]*port] // by id; nil for removed ports
 	ck     ckState
 	closed bool
@@ -142,14 +142,14 @@ type txRequest struct {
 
 // PortStats counts what happened on a port.
 type PortStats struct {
-	RxFrames, RxBytes  atomic.Uint64 // read from the port
-	TxFrames, TxBytes  atomic.Uint64 // written to the port
-	TxErrors           atomic.Uint64 // frames lost to write errors
-	QueueDrops         atomic.Uint64 // frames dropped on a full output queue (DropWhenFull)
-	Filtered           atomic.Uint64 // runts, frames of VLANs the port does not carry
-	Logged, Held       atomic.Uint64 // checkpoint bookkeeping
-	Replayed           atomic.Uint64 // frames written by Resume
-	InFlightDrops      atomic.Uint64 // frames over MaxInFlight
+	RxFrames, RxBytes atomic.Uint64 // read from the port
+	TxFrames, TxBytes atomic.Uint64 // written to the port
+	TxErrors          atomic.Uint64 // frames lost to write errors
+	QueueDrops        atomic.Uint64 // frames dropped on a full output queue (DropWhenFull)
+	Filtered          atomic.Uint64 // runts, frames of VLANs the port does not carry
+	Logged, Held      atomic.Uint64 // checkpoint bookkeeping
+	Replayed          atomic.Uint64 // frames written by Resume
+	InFlightDrops     atomic.Uint64 // frames over MaxInFlight
 }
 
 // New creates a switch.
