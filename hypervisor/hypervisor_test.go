@@ -1,0 +1,261 @@
+package hypervisor
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// fakeMachine is an in-memory VM: its "memory" is a byte slice.
+type fakeMachine struct {
+	mem     []byte
+	disk    []byte
+	events  []string
+	saveErr error
+	guest   time.Time
+}
+
+func (m *fakeMachine) Pause(context.Context) error  { m.events = append(m.events, "pause"); return nil }
+func (m *fakeMachine) Resume(context.Context) error { m.events = append(m.events, "resume"); return nil }
+func (m *fakeMachine) Destroy(context.Context) error {
+	m.events = append(m.events, "destroy")
+	return nil
+}
+
+func (m *fakeMachine) Save(ctx context.Context, dir string, p Progress) (Saved, error) {
+	m.events = append(m.events, "save")
+	var files []File
+	for _, f := range []struct {
+		name, role string
+		data       []byte
+	}{{"memory", RoleMemory, m.mem}, {"disk.qcow2", RoleDisk, m.disk}} {
+		w, err := CreateFile(dir, f.name, f.role, ChunkerStream, p)
+		if err != nil {
+			return Saved{}, err
+		}
+		if _, err := w.Write(f.data); err != nil {
+			w.Abort()
+			return Saved{}, err
+		}
+		if m.saveErr != nil {
+			w.Abort()
+			return Saved{}, m.saveErr
+		}
+		fe, err := w.Commit()
+		if err != nil {
+			return Saved{}, err
+		}
+		files = append(files, fe)
+	}
+	return Saved{Driver: "fake", Mode: "test", Files: files, Config: json.RawMessage(`{"x":1}`), GuestTime: m.guest}, nil
+}
+
+func newFake(t *testing.T, n int) *fakeMachine {
+	m := &fakeMachine{mem: make([]byte, n), disk: make([]byte, n/2), guest: time.Date(2020, 1, 2, 3, 4, 5, 0, time.UTC)}
+	rand.Read(m.mem[:n/2]) // second half zero
+	rand.Read(m.disk)
+	return m
+}
+
+func TestSwapoutVerifiedThenDestroyed(t *testing.T) {
+	m := newFake(t, 1<<20)
+	dir := filepath.Join(t.TempDir(), "snap")
+	res, err := Swapout(context.Background(), m, dir, SwapoutOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(m.events, ","); got != "pause,save,destroy" {
+		t.Fatalf("events %s", got)
+	}
+	if res.Bytes != 1<<20+1<<19 {
+		t.Fatalf("bytes %d", res.Bytes)
+	}
+	man, err := Verify(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if man.Driver != "fake" || man.GuestTime != m.guest || man.VirtualOffsetNS <= 0 || !strings.Contains(string(man.Config), `"x": 1`) {
+		t.Fatalf("manifest %+v", man)
+	}
+	if time.Duration(man.VirtualOffsetNS) < time.Since(m.guest)-time.Minute {
+		t.Fatalf("virtual offset %v", time.Duration(man.VirtualOffsetNS))
+	}
+	b, _ := os.ReadFile(filepath.Join(dir, "memory"))
+	if !bytes.Equal(b, m.mem) {
+		t.Fatal("memory file differs")
+	}
+}
+
+func TestSwapoutKeep(t *testing.T) {
+	m := newFake(t, 4096)
+	if _, err := Swapout(context.Background(), m, filepath.Join(t.TempDir(), "s"), SwapoutOptions{Keep: true}); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(m.events, ","); got != "pause,save" {
+		t.Fatalf("events %s", got)
+	}
+}
+
+func TestSwapoutRefusesNonEmptyDir(t *testing.T) {
+	m := newFake(t, 4096)
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "x"), nil, 0o644)
+	_, err := Swapout(context.Background(), m, dir, SwapoutOptions{})
+	var se *StepError
+	if !errors.As(err, &se) || se.Step != StepPrepare || se.Paused || len(m.events) != 0 {
+		t.Fatalf("err %v events %v", err, m.events)
+	}
+}
+
+func TestSwapoutSaveFailureLeavesPaused(t *testing.T) {
+	m := newFake(t, 4096)
+	m.saveErr = errors.New("hypervisor said no")
+	dir := filepath.Join(t.TempDir(), "s")
+	_, err := Swapout(context.Background(), m, dir, SwapoutOptions{})
+	if !IsPaused(err) || !errors.Is(err, m.saveErr) || !strings.Contains(err.Error(), "save") {
+		t.Fatalf("err %v", err)
+	}
+	if got := strings.Join(m.events, ","); got != "pause,save" {
+		t.Fatalf("events %s (destroyed or resumed?)", got)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+		t.Fatalf("partial snapshot left: %v", ents)
+	}
+	if _, err := ReadManifest(dir); !errors.Is(err, ErrIncomplete) {
+		t.Fatalf("ReadManifest of failed snapshot: %v", err)
+	}
+}
+
+// TestSwapoutDiskFull writes into a real, tiny tmpfs: the save fails with
+// ENOSPC, the VM stays paused, nothing is taken for a snapshot.
+func TestSwapoutDiskFull(t *testing.T) {
+	dir := t.TempDir()
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=256k"); err != nil {
+		t.Skipf("cannot mount a tmpfs (needs root): %v", err)
+	}
+	t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
+	m := newFake(t, 1<<20)
+	_, err := Swapout(context.Background(), m, filepath.Join(dir, "s"), SwapoutOptions{})
+	if !IsPaused(err) || !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("err %v", err)
+	}
+	if strings.Contains(strings.Join(m.events, ","), "destroy") {
+		t.Fatal("destroyed after a failed save")
+	}
+}
+
+func TestVerifyDetectsDamage(t *testing.T) {
+	mk := func(t *testing.T) string {
+		dir := filepath.Join(t.TempDir(), "s")
+		if _, err := Swapout(context.Background(), newFake(t, 64<<10), dir, SwapoutOptions{Keep: true}); err != nil {
+			t.Fatal(err)
+		}
+		return dir
+	}
+	cases := []struct {
+		name   string
+		damage func(dir string)
+		want   error
+		detail string
+	}{
+		{"truncated", func(d string) { os.Truncate(filepath.Join(d, "memory"), 1000) }, ErrCorrupt, "truncated"},
+		{"extended", func(d string) { os.Truncate(filepath.Join(d, "memory"), 70<<10) }, ErrCorrupt, "size"},
+		{"tampered", func(d string) {
+			f, _ := os.OpenFile(filepath.Join(d, "memory"), os.O_WRONLY, 0)
+			f.WriteAt([]byte{0xff}, 5000)
+			f.Close()
+		}, ErrCorrupt, "tampered"},
+		{"missing file", func(d string) { os.Remove(filepath.Join(d, "disk.qcow2")) }, ErrIncomplete, "missing"},
+		{"no manifest", func(d string) { os.Remove(filepath.Join(d, ManifestName)) }, ErrIncomplete, "did not finish"},
+		{"garbled manifest", func(d string) { os.WriteFile(filepath.Join(d, ManifestName), []byte("{"), 0o644) }, ErrCorrupt, ""},
+		{"escaping name", func(d string) {
+			b, _ := os.ReadFile(filepath.Join(d, ManifestName))
+			os.WriteFile(filepath.Join(d, ManifestName), bytes.Replace(b, []byte(`"name": "memory"`), []byte(`"name": "../memory"`), 1), 0o644)
+		}, ErrCorrupt, "bad file name"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			dir := mk(t)
+			c.damage(dir)
+			_, err := Verify(dir, nil)
+			if !errors.Is(err, c.want) || !strings.Contains(err.Error(), c.detail) {
+				t.Fatalf("Verify: %v, want %v mentioning %q", err, c.want, c.detail)
+			}
+		})
+	}
+}
+
+func TestCopyOutSparseAndVerified(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "s")
+	m := newFake(t, 1<<20)
+	if _, err := Swapout(context.Background(), m, dir, SwapoutOptions{Keep: true}); err != nil {
+		t.Fatal(err)
+	}
+	man, _ := ReadManifest(dir)
+	f, _ := man.File(RoleMemory)
+	dst := filepath.Join(t.TempDir(), "out")
+	if err := CopyOut(dir, f, dst, nil); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(dst)
+	if !bytes.Equal(b, m.mem) {
+		t.Fatal("copy differs")
+	}
+	var st syscall.Stat_t
+	syscall.Stat(dst, &st)
+	if st.Blocks*512 > int64(len(m.mem))*3/4 {
+		t.Errorf("copy not sparse: %d bytes allocated for %d (half zero)", st.Blocks*512, len(m.mem))
+	}
+	// Tamper: the copy fails and leaves nothing behind.
+	fh, _ := os.OpenFile(filepath.Join(dir, "memory"), os.O_WRONLY, 0)
+	fh.WriteAt([]byte{1}, 0)
+	fh.Close()
+	dst2 := filepath.Join(t.TempDir(), "out2")
+	if err := CopyOut(dir, f, dst2, nil); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("CopyOut of tampered file: %v", err)
+	}
+	if _, err := os.Stat(dst2); !errors.Is(err, os.ErrNotExist) {
+		t.Fatal("partial copy left behind")
+	}
+}
+
+func TestCopySparseFrom(t *testing.T) {
+	src := filepath.Join(t.TempDir(), "src")
+	f, _ := os.Create(src)
+	data := make([]byte, 64<<10)
+	rand.Read(data)
+	f.WriteAt(data, 1<<20) // hole, data, hole
+	f.Truncate(3 << 20)
+	f.Close()
+	dir := t.TempDir()
+	w, err := CreateFile(dir, "ram", RoleRAM, ChunkerRAM, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in, _ := os.Open(src)
+	defer in.Close()
+	if err := w.CopySparseFrom(in); err != nil {
+		t.Fatal(err)
+	}
+	fe, err := w.Commit()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := HashFile(filepath.Dir(src), "src", RoleRAM, ChunkerRAM, nil)
+	if fe.Size != 3<<20 || fe.BLAKE3 != want.BLAKE3 {
+		t.Fatalf("got %+v want %+v", fe, want)
+	}
+	a, _ := os.ReadFile(src)
+	b, _ := os.ReadFile(filepath.Join(dir, "ram"))
+	if !bytes.Equal(a, b) {
+		t.Fatal("content differs")
+	}
+}
