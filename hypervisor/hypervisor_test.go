@@ -23,8 +23,11 @@ type fakeMachine struct {
 	guest   time.Time
 }
 
-func (m *fakeMachine) Pause(context.Context) error  { m.events = append(m.events, "pause"); return nil }
-func (m *fakeMachine) Resume(context.Context) error { m.events = append(m.events, "resume"); return nil }
+func (m *fakeMachine) Pause(context.Context) error { m.events = append(m.events, "pause"); return nil }
+func (m *fakeMachine) Resume(context.Context) error {
+	m.events = append(m.events, "resume")
+	return nil
+}
 func (m *fakeMachine) Destroy(context.Context) error {
 	m.events = append(m.events, "destroy")
 	return nil
