@@ -1,0 +1,634 @@
+package vlan
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
+)
+
+// Config configures an Applier.
+type Config struct {
+	// Logger receives progress at debug level and a summary at info level;
+	// nil discards.
+	Logger *slog.Logger
+	// Parallelism is how many namespaces are created at once; 0 means
+	// GOMAXPROCS.
+	Parallelism int
+}
+
+// Validate checks the configuration.
+func (c Config) Validate() error {
+	if c.Parallelism < 0 {
+		return fmt.Errorf("vlan: Parallelism %d < 0", c.Parallelism)
+	}
+	return nil
+}
+
+// Applier realizes plans through netlink. It needs CAP_NET_ADMIN and
+// CAP_SYS_ADMIN (to create and mount namespaces), i.e. root. Its methods
+// may be called concurrently for different experiments; two concurrent
+// calls for one experiment are not coordinated.
+type Applier struct {
+	log *slog.Logger
+	par int
+	// fault, if set, is called at named points of Up; an error it returns
+	// fails Up there. Tests use it to prove rollback.
+	fault func(point string) error
+}
+
+// NewApplier returns an Applier for cfg.
+func NewApplier(cfg Config) (*Applier, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	a := &Applier{log: cfg.Logger, par: cfg.Parallelism}
+	if a.log == nil {
+		a.log = slog.New(slog.DiscardHandler)
+	}
+	if a.par == 0 {
+		a.par = runtime.GOMAXPROCS(0)
+	}
+	return a, nil
+}
+
+// Counts counts kernel objects.
+type Counts struct {
+	Namespaces int `json:"namespaces"`
+	Links      int `json:"links"`
+	Addresses  int `json:"addresses"`
+	Qdiscs     int `json:"qdiscs"`
+}
+
+func (c Counts) String() string {
+	return fmt.Sprintf("%d namespaces, %d links, %d addresses, %d qdiscs", c.Namespaces, c.Links, c.Addresses, c.Qdiscs)
+}
+
+// Phase is the time one step of Up or Down took.
+type Phase struct {
+	Name     string        `json:"name"`
+	Duration time.Duration `json:"duration"`
+}
+
+// Result reports what Up or Down did.
+type Result struct {
+	// Created counts objects created (by Up) or deleted (by Down).
+	Created Counts `json:"created"`
+	// Changed counts existing objects Up corrected (brought up, moved to
+	// the right bridge, a qdisc replaced).
+	Changed Counts `json:"changed"`
+	// Phases is where the time went.
+	Phases []Phase `json:"phases"`
+}
+
+func (r *Result) phase(name string, start time.Time) time.Time {
+	now := time.Now()
+	r.Phases = append(r.Phases, Phase{Name: name, Duration: now.Sub(start)})
+	return now
+}
+
+// ErrConflict is wrapped by Up's errors when something that is not part of
+// the experiment's network is in the way (an interface of the wrong kind or
+// with a planned name).
+var ErrConflict = errors.New("conflicting object")
+
+// firstIndex is the lowest interface index Up assigns. A fresh namespace
+// holds only the loopback (index 1) and perhaps fallback tunnel devices,
+// so indices from here on are free; in namespaces that existed, Up uses
+// indices above the highest one present.
+const firstIndex = 1000
+
+// upTx is the state of one Up: open namespaces and what was created, so a
+// failure can undo it.
+type upTx struct {
+	a   *Applier
+	p   *Plan
+	res *Result
+
+	sw    *nsHandle
+	nodes map[string]*nsHandle // by namespace name
+	state map[*nsHandle]*nsState
+	next  map[*nsHandle]int32 // next free interface index
+
+	// created links in namespaces that existed before this Up, newest
+	// last; links in namespaces this Up created go with the namespace.
+	undo []undoLink
+	// vlans created in the switch namespace (deleted first on rollback,
+	// so their VLAN ids on the trunk are free again at once).
+	vlans []int32
+}
+
+type undoLink struct {
+	ns    *nsHandle
+	index int32
+	what  string
+}
+
+func (tx *upTx) allocIndex(h *nsHandle) int32 {
+	i, ok := tx.next[h]
+	if !ok {
+		i = max(firstIndex, tx.state[h].maxIndex+1)
+	}
+	tx.next[h] = i + 1
+	return i
+}
+
+// created notes a link created in h, for rollback.
+func (tx *upTx) created(h *nsHandle, index int32, what string) {
+	tx.res.Created.Links++
+	if !h.created {
+		tx.undo = append(tx.undo, undoLink{ns: h, index: index, what: what})
+	}
+}
+
+func (a *Applier) checkFault(point string) error {
+	if a.fault != nil {
+		if err := a.fault(point); err != nil {
+			return fmt.Errorf("fault at %s: %w", point, err)
+		}
+	}
+	return nil
+}
+
+// Up realizes plan p on this host. Objects that exist already are kept and
+// corrected where needed, so applying a plan twice changes nothing. If Up
+// fails, it deletes every namespace and link it created before returning;
+// changes it made to objects that existed before (an address added, a
+// link brought up, a qdisc replaced) are not undone.
+func (a *Applier) Up(ctx context.Context, p *Plan) (res *Result, err error) {
+	if p == nil {
+		return nil, errors.New("vlan: nil plan")
+	}
+	if err := prepareNetnsDir(); err != nil {
+		return nil, err
+	}
+	res = &Result{}
+	tx := &upTx{
+		a: a, p: p, res: res,
+		nodes: map[string]*nsHandle{},
+		state: map[*nsHandle]*nsState{},
+		next:  map[*nsHandle]int32{},
+	}
+	defer tx.closeAll()
+	defer func() {
+		if err == nil {
+			return
+		}
+		if rerr := tx.rollback(); rerr != nil {
+			err = errors.Join(err, fmt.Errorf("rollback incomplete: %w", rerr))
+		}
+	}()
+
+	start := time.Now()
+	t := start
+	if err := tx.namespaces(ctx); err != nil {
+		return res, err
+	}
+	t = res.phase("namespaces", t)
+	if err := tx.observeExisting(); err != nil {
+		return res, err
+	}
+	t = res.phase("observe", t)
+	if err := tx.switchLinks(ctx); err != nil {
+		return res, err
+	}
+	t = res.phase("switch", t)
+	if err := tx.nodeConfig(ctx); err != nil {
+		return res, err
+	}
+	res.phase("nodes", t)
+	a.log.Info("vlan: experiment network up", "experiment", p.Experiment, "backend", p.Backend,
+		"created", res.Created.String(), "changed", res.Changed.String(), "took", time.Since(start))
+	return res, nil
+}
+
+// namespaces creates (or opens) the switch namespace and every node
+// namespace, Parallelism at a time.
+func (tx *upTx) namespaces(ctx context.Context) error {
+	names := make([]string, 0, 1+len(tx.p.Namespaces))
+	names = append(names, tx.p.Switch)
+	for _, ns := range tx.p.Namespaces {
+		names = append(names, ns.Name)
+	}
+	handles := make([]*nsHandle, len(names))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(tx.a.par)
+	for i, name := range names {
+		if gctx.Err() != nil {
+			break
+		}
+		setup := (func() error)(nil)
+		if i == 0 {
+			setup = switchSysctls
+		}
+		g.Go(func() error {
+			if err := gctx.Err(); err != nil {
+				return err
+			}
+			h, err := createNetns(name, setup)
+			if errors.Is(err, errNsExists) {
+				h, err = openNetns(name)
+			}
+			handles[i] = h
+			if err != nil {
+				return err
+			}
+			if h.created {
+				return tx.a.checkFault("netns " + name)
+			}
+			return nil
+		})
+	}
+	err := g.Wait()
+	// Record every handle, also on failure, so rollback sees them.
+	for i, h := range handles {
+		if h == nil {
+			continue
+		}
+		if h.created {
+			tx.res.Created.Namespaces++
+		}
+		if i == 0 {
+			tx.sw = h
+		} else {
+			tx.nodes[h.name] = h
+		}
+	}
+	if err == nil {
+		err = ctx.Err()
+	}
+	return err
+}
+
+// switchSysctls runs inside a new switch namespace: no IPv6 there, so
+// bridges and ports neither get link-local addresses nor send router
+// solicitations and MLD reports into the experiment's LANs.
+func switchSysctls() error {
+	for _, f := range []string{"all", "default"} {
+		err := os.WriteFile("/proc/sys/net/ipv6/conf/"+f+"/disable_ipv6", []byte("1"), 0)
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("disable IPv6 in switch namespace: %w", err)
+		}
+	}
+	return nil
+}
+
+// observeExisting reads the state of namespaces that existed before.
+func (tx *upTx) observeExisting() error {
+	all := append([]*nsHandle{tx.sw}, tx.nodeList()...)
+	for _, h := range all {
+		if h.created {
+			tx.state[h] = freshState()
+			continue
+		}
+		st, err := observe(h)
+		if err != nil {
+			return err
+		}
+		tx.state[h] = st
+	}
+	return nil
+}
+
+func (tx *upTx) nodeList() []*nsHandle {
+	out := make([]*nsHandle, 0, len(tx.p.Namespaces))
+	for _, ns := range tx.p.Namespaces {
+		if h := tx.nodes[ns.Name]; h != nil {
+			out = append(out, h)
+		}
+	}
+	return out
+}
+
+// switchLinks creates the taps, the VLAN subinterfaces, and then in one
+// batch the bridges, the veth pairs (both ends, with the node end directly
+// in its namespace) and the switch-side qdiscs.
+func (tx *upTx) switchLinks(ctx context.Context) error {
+	p, sw := tx.p, tx.sw
+	sst := tx.state[sw]
+	var msgs []nlMsg
+	bridges := map[string]int32{}
+	for _, b := range p.Bridges {
+		if l := sst.links[b.Name]; l != nil {
+			if l.kind != "bridge" {
+				return fmt.Errorf("%w: %s/%s (LAN %s) exists and is a %s, not a bridge", ErrConflict, sw.name, b.Name, b.LAN, l.kind)
+			}
+			bridges[b.Name] = l.index
+			if !l.up {
+				msgs = append(msgs, setLinkMsg(l.index, 0, "bring up bridge "+b.Name))
+				tx.res.Changed.Links++
+			}
+			continue
+		}
+		idx := tx.allocIndex(sw)
+		bridges[b.Name] = idx
+		msgs = append(msgs, newBridgeMsg(b.Name, idx))
+		tx.created(sw, idx, "bridge "+b.Name)
+	}
+
+	// Taps: ioctls from a thread in the switch namespace, then enslaved
+	// in the batch below.
+	type tapNew struct {
+		name  string
+		index int32
+	}
+	var taps []tapNew
+	for _, t := range p.Taps {
+		br := bridges[t.Bridge]
+		if l := sst.links[t.Name]; l != nil {
+			if l.kind != "tuntap" {
+				return fmt.Errorf("%w: %s/%s (tap of %s/%s) exists and is a %s", ErrConflict, sw.name, t.Name, t.Node, t.Interface, l.kind)
+			}
+			if l.master != br || !l.up {
+				msgs = append(msgs, setLinkMsg(l.index, br, "attach tap "+t.Name))
+				tx.res.Changed.Links++
+			}
+			msgs = append(msgs, tx.tbf(sw, l, t.Rate, "tap "+t.Name)...)
+			continue
+		}
+		idx := tx.allocIndex(sw)
+		taps = append(taps, tapNew{t.Name, idx})
+		msgs = append(msgs, setLinkMsg(idx, br, "attach tap "+t.Name))
+		if t.Rate != 0 {
+			msgs = append(msgs, newTbfMsg(tbfSpec{idx, t.Rate}, "tbf on tap "+t.Name))
+			tx.res.Created.Qdiscs++
+		}
+	}
+	if len(taps) > 0 {
+		err := inNetns(sw.fd, func() error {
+			for _, t := range taps {
+				if err := createTap(t.name, t.index); err != nil {
+					return err
+				}
+				tx.created(sw, t.index, "tap "+t.name)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	if err := tx.createVLANs(bridges, &msgs); err != nil {
+		return err
+	}
+	if err := tx.a.checkFault("switch"); err != nil {
+		return err
+	}
+
+	for i := range p.Veths {
+		v := &p.Veths[i]
+		node := tx.nodes[v.Namespace]
+		nst := tx.state[node]
+		br := bridges[v.Bridge]
+		se, ne := sst.links[v.SwitchEnd], nst.links[v.Name]
+		switch {
+		case se != nil && ne != nil && se.kind == "veth" && ne.kind == "veth" && se.peer == ne.index:
+			if se.master != br || !se.up {
+				msgs = append(msgs, setLinkMsg(se.index, br, "attach "+v.SwitchEnd))
+				tx.res.Changed.Links++
+			}
+			msgs = append(msgs, tx.tbf(sw, se, v.Rate, "switch end "+v.SwitchEnd)...)
+			continue
+		case ne != nil:
+			return fmt.Errorf("%w: %s/%s exists and is not the link to LAN %s", ErrConflict, v.Namespace, v.Name, v.LAN)
+		case se != nil:
+			// A switch end without its node end: stale; replace it.
+			msgs = append(msgs, delLinkMsg(se.index, "delete stale "+v.SwitchEnd))
+			tx.res.Changed.Links++
+		}
+		idx, peerIdx := tx.allocIndex(sw), tx.allocIndex(node)
+		msgs = append(msgs, newVethMsg(vethSpec{
+			name: v.SwitchEnd, index: idx, master: br,
+			peerName: v.Name, peerIndex: peerIdx, peerNsFd: node.fd, peerMAC: v.MAC,
+			description: fmt.Sprintf("%s/%s <-> %s/%s", sw.name, v.SwitchEnd, v.Namespace, v.Name),
+		}))
+		tx.created(sw, idx, "veth "+v.SwitchEnd)
+		nst.links[v.Name] = &linkState{index: peerIdx, kind: "veth", created: true, addrs: map[netip.Prefix]bool{}}
+		if v.Rate != 0 {
+			msgs = append(msgs, newTbfMsg(tbfSpec{idx, v.Rate}, "tbf on "+v.SwitchEnd))
+			tx.res.Created.Qdiscs++
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := batchErr(sw.nl.exec(msgs)); err != nil {
+		return err
+	}
+	return nil
+}
+
+// tbf returns the messages that give existing link l the root tbf of rate
+// r (none if it has it, or if r is zero).
+func (tx *upTx) tbf(h *nsHandle, l *linkState, r Rate, what string) []nlMsg {
+	if r == 0 || l.tbfRate == r.BytesPerSecond() {
+		return nil
+	}
+	tx.res.Changed.Qdiscs++
+	return []nlMsg{newTbfMsg(tbfSpec{l.index, r}, "tbf on "+what)}
+}
+
+// createVLANs creates the dot1q backend's subinterfaces on the trunk, directly in
+// the switch namespace, and queues their enslaving.
+func (tx *upTx) createVLANs(bridges map[string]int32, msgs *[]nlMsg) error {
+	p, sw := tx.p, tx.sw
+	if len(p.VLANs) == 0 {
+		return nil
+	}
+	sst := tx.state[sw]
+	var create []nlMsg
+	var createIdx []int32
+	var trunkIdx int32
+	for _, v := range p.VLANs {
+		br := bridges[v.Bridge]
+		if l := sst.links[v.Name]; l != nil {
+			if l.kind != "vlan" {
+				return fmt.Errorf("%w: %s/%s exists and is a %s, not an 802.1Q subinterface", ErrConflict, sw.name, v.Name, l.kind)
+			}
+			if l.master != br || !l.up {
+				*msgs = append(*msgs, setLinkMsg(l.index, br, "attach "+v.Name))
+				tx.res.Changed.Links++
+			}
+			continue
+		}
+		if trunkIdx == 0 {
+			trunk, err := net.InterfaceByName(v.Trunk)
+			if err != nil {
+				return fmt.Errorf("dot1q trunk %q: %w", v.Trunk, err)
+			}
+			trunkIdx = int32(trunk.Index)
+		}
+		idx := tx.allocIndex(sw)
+		m := newVLANMsg(v.Name, idx, trunkIdx, v.ID, sw.fd)
+		m.what += " on trunk " + v.Trunk
+		create = append(create, m)
+		createIdx = append(createIdx, idx)
+		*msgs = append(*msgs, setLinkMsg(idx, br, "attach "+v.Name))
+	}
+	if len(create) == 0 {
+		return nil
+	}
+	// The trunk is in this (the host) namespace; a socket here creates the
+	// subinterfaces and places them in the switch namespace.
+	host, err := openNL()
+	if err != nil {
+		return err
+	}
+	defer host.Close()
+	res, err := host.exec(create)
+	// Record what was created before reporting failures.
+	for i, m := range create {
+		if err == nil && res[i] == nil {
+			tx.vlans = append(tx.vlans, createIdx[i])
+			tx.created(sw, createIdx[i], m.what)
+		}
+	}
+	return batchErr(res, err)
+}
+
+// nodeConfig brings up each node's loopback, adds addresses and installs
+// node-side qdiscs: one batch per node namespace.
+func (tx *upTx) nodeConfig(ctx context.Context) error {
+	byNode := map[string][]*Veth{}
+	for i := range tx.p.Veths {
+		v := &tx.p.Veths[i]
+		byNode[v.Namespace] = append(byNode[v.Namespace], v)
+	}
+	for _, h := range tx.nodeList() {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		st := tx.state[h]
+		var msgs []nlMsg
+		if lo := st.links["lo"]; h.created || (lo != nil && !lo.up) {
+			idx := int32(1)
+			if lo != nil {
+				idx = lo.index
+			}
+			msgs = append(msgs, setLinkMsg(idx, 0, "bring up lo in "+h.name))
+		}
+		for _, v := range byNode[h.name] {
+			l := st.links[v.Name]
+			if !l.up {
+				msgs = append(msgs, setLinkMsg(l.index, 0, "bring up "+v.Name))
+				if !l.created {
+					tx.res.Changed.Links++
+				}
+			}
+			if v.Address.IsValid() && !l.addrs[v.Address] {
+				msgs = append(msgs, newAddrMsg(l.index, toPrefixAttr(v.Address), fmt.Sprintf("add %s to %s/%s", v.Address, h.name, v.Name)))
+				tx.res.Created.Addresses++
+			}
+			if v.Rate != 0 {
+				if l.tbfRate == 0 {
+					msgs = append(msgs, newTbfMsg(tbfSpec{l.index, v.Rate}, fmt.Sprintf("tbf on %s/%s", h.name, v.Name)))
+					tx.res.Created.Qdiscs++
+				} else {
+					msgs = append(msgs, tx.tbf(h, l, v.Rate, h.name+"/"+v.Name)...)
+				}
+			}
+		}
+		if err := batchErr(h.nl.exec(msgs)); err != nil {
+			return err
+		}
+		if err := tx.a.checkFault("node " + h.name); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// rollback deletes what this Up created: links in namespaces that existed
+// before, newest first, then the namespaces it created (VLAN
+// subinterfaces first, so their ids on the trunk are free at once).
+func (tx *upTx) rollback() error {
+	var errs []error
+	for i := len(tx.undo) - 1; i >= 0; i-- {
+		u := tx.undo[i]
+		if err := u.ns.nl.run([]nlMsg{delLinkMsg(u.index, "delete "+u.what)}); err != nil && !errors.Is(err, unix.ENODEV) {
+			errs = append(errs, err)
+		}
+	}
+	if tx.sw != nil && tx.sw.created && len(tx.vlans) > 0 {
+		var msgs []nlMsg
+		for _, idx := range tx.vlans {
+			msgs = append(msgs, delLinkMsg(idx, "delete 802.1Q subinterface"))
+		}
+		if err := tx.sw.nl.run(msgs); err != nil && !errors.Is(err, unix.ENODEV) {
+			errs = append(errs, err)
+		}
+	}
+	for _, h := range append(tx.nodeList(), tx.sw) {
+		if h != nil && h.created {
+			if err := deleteNetns(h.name); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	tx.a.log.Info("vlan: rolled back failed setup", "experiment", tx.p.Experiment, "links", len(tx.undo), "errors", len(errs))
+	return errors.Join(errs...)
+}
+
+func (tx *upTx) closeAll() {
+	tx.sw.close()
+	for _, h := range tx.nodes {
+		h.close()
+	}
+}
+
+// batchErr turns a batch's results into one error: the first failure, with
+// a count of the others.
+func batchErr(res []error, err error) error {
+	if err != nil {
+		return err
+	}
+	var first error
+	n := 0
+	for _, e := range res {
+		if e != nil {
+			if first == nil {
+				first = e
+			}
+			n++
+		}
+	}
+	if n > 1 {
+		return fmt.Errorf("%w (and %d more failures)", first, n-1)
+	}
+	return first
+}
+
+// prefixAttr is an address in netlink's form.
+type prefixAttr struct {
+	family int
+	addr   []byte
+	bits   int
+	brd    []byte
+	flags  uint8
+}
+
+func toPrefixAttr(p netip.Prefix) prefixAttr {
+	a := p.Addr()
+	pa := prefixAttr{addr: a.AsSlice(), bits: p.Bits()}
+	if a.Is4() {
+		pa.family = unix.AF_INET
+		if p.Bits() < 31 {
+			b := a.As4()
+			host := ^uint32(0) >> p.Bits()
+			v := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3]) | host
+			pa.brd = []byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}
+		}
+	} else {
+		pa.family = unix.AF_INET6
+		pa.flags = unix.IFA_F_NODAD
+	}
+	return pa
+}
