@@ -3,10 +3,10 @@ package vswitch
 import (
 	"bytes"
 	"encoding/binary"
-	"hash/crc32"
-	"strings"
 	"errors"
+	"hash/crc32"
 	"reflect"
+	"strings"
 	"testing"
 )
 
