@@ -1,0 +1,456 @@
+package blockd
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"stasis/cas"
+)
+
+// ServerConfig configures a Server.
+type ServerConfig struct {
+	Store   WriteStore    // required; delete and list also need a PruneStore
+	Keyring *cas.Keyring  // verifies tokens; required
+	Name    string        // this server's token scope (default "blockd")
+	Logger  *slog.Logger  // nil: discard
+	Now     func() time.Time
+	// BatchBytes bounds the encoded bytes of one streamed put batch that is
+	// verified and then stored with one Put (default 8 MiB). A put request
+	// holds at most about three batches in memory.
+	BatchBytes int
+}
+
+// Validate checks the config and fills defaults.
+func (c *ServerConfig) Validate() error {
+	if c.Store == nil {
+		return errors.New("blockd: server needs a Store")
+	}
+	if c.Keyring == nil {
+		return errors.New("blockd: server needs a Keyring")
+	}
+	if c.Name == "" {
+		c.Name = "blockd"
+	}
+	if len(c.Name) > 255 || strings.ContainsAny(c.Name, " \t\n") {
+		return fmt.Errorf("blockd: bad server name %q", c.Name)
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.BatchBytes == 0 {
+		c.BatchBytes = 8 << 20
+	}
+	if c.BatchBytes < 0 {
+		return fmt.Errorf("blockd: negative BatchBytes %d", c.BatchBytes)
+	}
+	return nil
+}
+
+// Server is the HTTP face of a store. Every /v1/ call needs a token
+// ("Authorization: Bearer TOKEN") granting the call's operation for the
+// server's name:
+//
+//	POST /v1/missing     has     ID list in, the absent IDs out (input order)
+//	POST /v1/put         put     frames in (streamed), JSON {"stored": N} out
+//	GET  /v1/chunks/{id} get     the encoded chunk
+//	POST /v1/get         get     ID list in, frames of the stored ones out (input order)
+//	POST /v1/delete      delete  ID list in (metad's garbage collector only)
+//	GET  /v1/list        delete  listing of every chunk, in ID order
+//	GET  /healthz, GET /metrics  no token
+//
+// Put is streamed: frames are read, decoded and re-hashed one by one, and
+// stored in bounded batches, each acknowledged only once durable. The rule
+// for a refused put: the chunks before the first bad frame are stored (the
+// error response says how many, in "stored"); the bad chunk and everything
+// after it are not. A chunk whose content does not match its ID is never
+// stored. So a request whose first frame is bad changes nothing.
+//
+// Errors are JSON {"error", "reason", "chunk"?, "stored"?} with status 400
+// (bad-frame, bad-request), 401 (token-malformed, token-unknown-key,
+// token-forged, token-expired), 403 (token-scope), 404 (not-found), 413
+// (too-large), 422 (hash-mismatch, corrupt), 507 (no-space) or 500 (store).
+type Server struct {
+	cfg   ServerConfig
+	store WriteStore
+	prune PruneStore // nil if the store cannot delete
+	log   *slog.Logger
+	m     *metrics
+	mux   *http.ServeMux
+}
+
+// NewServer builds a server over cfg.Store.
+func NewServer(cfg ServerConfig) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, store: cfg.Store, log: cfg.Logger, m: newMetrics(cfg.Store), mux: http.NewServeMux()}
+	s.prune, _ = cfg.Store.(PruneStore)
+	s.route("POST /v1/missing", "missing", cas.OpHas, s.handleMissing)
+	s.route("POST /v1/put", "put", cas.OpPut, s.handlePut)
+	s.route("GET /v1/chunks/{id}", "get", cas.OpGet, s.handleGet)
+	s.route("POST /v1/get", "getmany", cas.OpGet, s.handleGetMany)
+	s.route("POST /v1/delete", "delete", cas.OpDelete, s.handleDelete)
+	s.route("GET /v1/list", "list", cas.OpDelete, s.handleList)
+	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		io.WriteString(w, "ok\n")
+	})
+	s.mux.Handle("GET /metrics", promhttp.HandlerFor(s.m.reg, promhttp.HandlerOpts{}))
+	return s, nil
+}
+
+// ServeHTTP implements http.Handler.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+
+// errorResponse is the JSON body of every refusal, and of put results.
+type errorResponse struct {
+	Error  string       `json:"error,omitempty"`
+	Reason string       `json:"reason,omitempty"`
+	Chunk  *cas.ChunkID `json:"chunk,omitempty"`
+	Stored *int         `json:"stored,omitempty"`
+}
+
+// Reasons for refusals that are not about one chunk.
+const (
+	ReasonBadRequest     = "bad-request"
+	ReasonNotFound       = "not-found"
+	ReasonNoSpace        = "no-space"
+	ReasonStore          = "store"
+	ReasonTokenMalformed = "token-malformed"
+	ReasonTokenUnknown   = "token-unknown-key"
+	ReasonTokenForged    = "token-forged"
+	ReasonTokenExpired   = "token-expired"
+	ReasonTokenScope     = "token-scope"
+)
+
+// statusWriter records the status code for metrics.
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.code == 0 {
+		w.code = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.code == 0 {
+		w.code = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+// Unwrap lets http.ResponseController reach the connection.
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+type handler func(w http.ResponseWriter, r *http.Request, c cas.Claims)
+
+func (s *Server) route(pattern, name string, op cas.Op, h handler) {
+	s.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		sw := &statusWriter{ResponseWriter: w}
+		defer func() {
+			code := sw.code
+			if code == 0 {
+				code = http.StatusOK
+			}
+			s.m.latency.WithLabelValues(name, strconv.Itoa(code)).Observe(time.Since(start).Seconds())
+		}()
+		claims, err := s.authorize(r, op)
+		if err != nil {
+			s.fail(sw, r, err, nil)
+			return
+		}
+		h(sw, r, claims)
+	})
+}
+
+func (s *Server) authorize(r *http.Request, op cas.Op) (cas.Claims, error) {
+	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok {
+		return cas.Claims{}, fmt.Errorf("%w: no bearer token", cas.ErrTokenMalformed)
+	}
+	return s.cfg.Keyring.Verify(tok, op, s.cfg.Name, s.cfg.Now())
+}
+
+// classify maps an error to a status code and reason.
+func classify(err error) (int, string) {
+	var re *RejectError
+	switch {
+	case errors.As(err, &re):
+		switch re.Reason {
+		case ReasonTooLarge:
+			return http.StatusRequestEntityTooLarge, re.Reason
+		case ReasonBadFrame:
+			return http.StatusBadRequest, re.Reason
+		}
+		return http.StatusUnprocessableEntity, re.Reason
+	case errors.Is(err, ErrBadFrame):
+		return http.StatusBadRequest, ReasonBadFrame
+	case errors.Is(err, cas.ErrTokenMalformed):
+		return http.StatusUnauthorized, ReasonTokenMalformed
+	case errors.Is(err, cas.ErrTokenUnknownKey):
+		return http.StatusUnauthorized, ReasonTokenUnknown
+	case errors.Is(err, cas.ErrTokenForged):
+		return http.StatusUnauthorized, ReasonTokenForged
+	case errors.Is(err, cas.ErrTokenExpired):
+		return http.StatusUnauthorized, ReasonTokenExpired
+	case errors.Is(err, cas.ErrTokenScope):
+		return http.StatusForbidden, ReasonTokenScope
+	case errors.Is(err, ErrNotFound):
+		return http.StatusNotFound, ReasonNotFound
+	case errors.Is(err, ErrNoSpace), errors.Is(err, syscall.ENOSPC):
+		return http.StatusInsufficientStorage, ReasonNoSpace
+	case errors.Is(err, errBadRequest):
+		return http.StatusBadRequest, ReasonBadRequest
+	}
+	return http.StatusInternalServerError, ReasonStore
+}
+
+var errBadRequest = errors.New("bad request")
+
+// fail writes an error response. stored, if not nil, is the number of
+// chunks of a put that were stored.
+func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error, stored *int) {
+	code, reason := classify(err)
+	resp := errorResponse{Error: err.Error(), Reason: reason, Stored: stored}
+	var re *RejectError
+	if errors.As(err, &re) {
+		resp.Chunk = &re.ID
+	}
+	if code == http.StatusNotFound {
+		s.log.Debug("not found", "path", r.URL.Path)
+	} else {
+		s.m.rejects.WithLabelValues(reason).Inc()
+		lvl := slog.LevelWarn
+		if code >= 500 {
+			lvl = slog.LevelError
+		}
+		s.log.Log(r.Context(), lvl, "request refused", "path", r.URL.Path, "remote", r.RemoteAddr,
+			"reason", reason, "err", err)
+	}
+	writeJSON(w, code, resp)
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(v)
+}
+
+func (s *Server) handleMissing(w http.ResponseWriter, r *http.Request, _ cas.Claims) {
+	ids, err := readIDs(r.Body)
+	if err != nil {
+		s.fail(w, r, fmt.Errorf("%w: %w", errBadRequest, err), nil)
+		return
+	}
+	missing, err := s.store.Missing(r.Context(), ids)
+	if err != nil {
+		s.fail(w, r, err, nil)
+		return
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Write(appendIDs(make([]byte, 0, len(missing)*cas.IDSize), missing))
+}
+
+func (s *Server) handleGet(w http.ResponseWriter, r *http.Request, _ cas.Claims) {
+	id, err := cas.ParseChunkID(r.PathValue("id"))
+	if err != nil {
+		s.fail(w, r, fmt.Errorf("%w: %w", errBadRequest, err), nil)
+		return
+	}
+	data, err := s.store.Get(r.Context(), id)
+	if err != nil {
+		s.fail(w, r, err, nil)
+		return
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Content-Length", strconv.Itoa(len(data)))
+	w.Write(data)
+}
+
+// handleGetMany streams the frames of the stored chunks among the requested
+// ones, in request order; absent chunks are skipped. A store error after the
+// response has started aborts the connection, so the client sees a
+// truncated stream rather than a short, well-formed one.
+func (s *Server) handleGetMany(w http.ResponseWriter, r *http.Request, _ cas.Claims) {
+	ids, err := readIDs(r.Body)
+	if err != nil {
+		s.fail(w, r, fmt.Errorf("%w: %w", errBadRequest, err), nil)
+		return
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	var buf []byte
+	started := false
+	for _, id := range ids {
+		data, err := s.store.Get(r.Context(), id)
+		if errors.Is(err, ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			if !started {
+				s.fail(w, r, err, nil)
+				return
+			}
+			s.log.Error("get stream aborted", "err", err)
+			panic(http.ErrAbortHandler)
+		}
+		buf = AppendFrame(buf[:0], Chunk{ID: id, Data: data})
+		if _, err := w.Write(buf); err != nil {
+			return // client gone
+		}
+		started = true
+	}
+}
+
+func (s *Server) handleDelete(w http.ResponseWriter, r *http.Request, c cas.Claims) {
+	if s.prune == nil {
+		s.fail(w, r, fmt.Errorf("%w: this store cannot delete", errBadRequest), nil)
+		return
+	}
+	ids, err := readIDs(r.Body)
+	if err != nil {
+		s.fail(w, r, fmt.Errorf("%w: %w", errBadRequest, err), nil)
+		return
+	}
+	if err := s.prune.Delete(r.Context(), ids); err != nil {
+		s.fail(w, r, err, nil)
+		return
+	}
+	s.log.Info("deleted chunks", "count", len(ids), "subject", c.Subject)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) handleList(w http.ResponseWriter, r *http.Request, _ cas.Claims) {
+	if s.prune == nil {
+		s.fail(w, r, fmt.Errorf("%w: this store cannot list", errBadRequest), nil)
+		return
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	var buf []byte
+	started := false
+	err := s.prune.List(r.Context(), func(info ChunkInfo) error {
+		buf = append(buf, info.ID[:]...)
+		buf = binary.AppendUvarint(buf, uint64(info.EncodedSize))
+		if len(buf) >= 64<<10 {
+			started = true
+			_, err := w.Write(buf)
+			buf = buf[:0]
+			return err
+		}
+		return nil
+	})
+	if err == nil {
+		_, err = w.Write(buf)
+		return
+	}
+	if !started {
+		s.fail(w, r, err, nil)
+		return
+	}
+	s.log.Error("list stream aborted", "err", err)
+	panic(http.ErrAbortHandler)
+}
+
+// handlePut reads frames, verifies each, and stores them in batches of up
+// to BatchBytes. One batch is stored (in a second goroutine) while the next
+// is read and verified.
+func (s *Server) handlePut(w http.ResponseWriter, r *http.Request, c cas.Claims) {
+	// Answer a refusal while the client may still be sending, without
+	// the connection being reset under the response.
+	rc := http.NewResponseController(w)
+	rc.EnableFullDuplex()
+
+	ctx := r.Context()
+	batches := make(chan []Chunk, 1)
+	storeDone := make(chan struct{})
+	var stored int   // chunks acknowledged, owned by the store goroutine until storeDone
+	var storeErr error
+	storeFailed := make(chan struct{})
+	go func() {
+		defer close(storeDone)
+		for b := range batches {
+			if storeErr != nil {
+				continue
+			}
+			if err := s.store.Put(ctx, b); err != nil {
+				storeErr = err
+				close(storeFailed)
+				continue
+			}
+			stored += len(b)
+			n := 0
+			for _, c := range b {
+				n += len(c.Data)
+			}
+			s.m.putChunks.Add(float64(len(b)))
+			s.m.putBytes.Add(float64(n))
+		}
+	}()
+
+	fr := newFrameReader(r.Body)
+	var batch []Chunk
+	batchBytes := 0
+	var buf []byte
+	var reqErr error
+read:
+	for {
+		select {
+		case <-storeFailed:
+			break read
+		default:
+		}
+		ch, err := fr.next()
+		if err == io.EOF {
+			break
+		}
+		if err == nil {
+			buf, err = CheckChunk(buf, ch)
+		}
+		if err != nil {
+			reqErr = err
+			break
+		}
+		batch = append(batch, ch)
+		batchBytes += len(ch.Data)
+		if batchBytes >= s.cfg.BatchBytes {
+			batches <- batch
+			batch, batchBytes = nil, 0
+		}
+	}
+	// The prefix before a bad frame is valid: store it too.
+	if len(batch) > 0 {
+		batches <- batch
+	}
+	close(batches)
+	<-storeDone
+	switch {
+	case storeErr != nil:
+		s.fail(w, r, storeErr, &stored)
+	case reqErr != nil:
+		s.fail(w, r, reqErr, &stored)
+		// Let a client that is still sending finish (up to a bound), so
+		// it reads the refusal instead of a reset connection.
+		io.Copy(io.Discard, io.LimitReader(r.Body, 64<<20))
+	default:
+		s.log.Debug("put", "chunks", stored, "subject", c.Subject)
+		writeJSON(w, http.StatusOK, errorResponse{Stored: &stored})
+	}
+}
