@@ -1,0 +1,179 @@
+// Command blockd is the stasis block store daemon: it stores compressed
+// chunks by hash in a badger database, verifies every chunk's hash on put,
+// checks a token on every call, and serves the batch protocol of package
+// blockd over HTTP.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"stasis/blockd"
+	"stasis/cas"
+)
+
+type serveOptions struct {
+	data       string
+	listen     string
+	secretFile string
+	name       string
+	addrFile   string
+	logLevel   string
+	small      bool
+	gcInterval time.Duration
+}
+
+func newRootCmd() *cobra.Command {
+	var o serveOptions
+	cmd := &cobra.Command{
+		Use:   "blockd --data DIR --secret-file FILE [--listen ADDR] [--name NAME]",
+		Short: "The stasis block store daemon",
+		Long: `blockd stores chunks (LZ4-compressed, content-addressed by BLAKE3) in a badger
+database under --data and serves them over HTTP at --listen:
+
+  POST /v1/missing  POST /v1/put  GET /v1/chunks/{id}  POST /v1/get
+  POST /v1/delete   GET /v1/list  GET /healthz         GET /metrics
+
+It recomputes the hash of every chunk it is given and refuses mismatches, and
+acknowledges a put only once it is synced to disk. Every /v1/ call needs a
+token minted by metad ("Authorization: Bearer ...") that is valid for this
+server's --name; tokens are checked with the keys in --secret-file, which
+metad shares (lines "KEYID HEX64"; the first key signs, all verify; create
+one with "blockd keygen FILE").
+
+With --listen 127.0.0.1:0 the kernel picks a port; blockd logs the bound
+address and writes it to --addr-file if given. SIGTERM or SIGINT stops it
+gracefully: in-flight requests finish, then the database is closed.`,
+		Args:          cobra.NoArgs,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runServe(cmd.Context(), o)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.data, "data", "", "directory of the chunk database (created if missing; required)")
+	f.StringVar(&o.listen, "listen", "127.0.0.1:7001", "address to serve HTTP on (host:port; port 0 picks one)")
+	f.StringVar(&o.secretFile, "secret-file", "", "token key file shared with metad (required)")
+	f.StringVar(&o.name, "name", "blockd", "this server's name: the scope its tokens must carry")
+	f.StringVar(&o.addrFile, "addr-file", "", "write the bound address (host:port) to this file once listening")
+	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	f.BoolVar(&o.small, "small", false, "use small badger caches and memtables (tests, small machines)")
+	f.DurationVar(&o.gcInterval, "gc-interval", 10*time.Minute, "value-log GC period (negative disables)")
+	cmd.AddCommand(newKeygenCmd())
+	return cmd
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := newRootCmd().ExecuteContext(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "blockd:", err)
+		os.Exit(1)
+	}
+}
+
+func runServe(ctx context.Context, o serveOptions) error {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
+		return fmt.Errorf("--log-level %q: want debug, info, warn or error", o.logLevel)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	if o.data == "" {
+		return errors.New("--data DIR is required")
+	}
+	if o.secretFile == "" {
+		return errors.New("--secret-file FILE is required (create one with: blockd keygen FILE)")
+	}
+	secret, err := os.ReadFile(o.secretFile)
+	if err != nil {
+		return fmt.Errorf("reading secret file: %w", err)
+	}
+	keys, err := cas.ParseKeyring(secret)
+	if err != nil {
+		return fmt.Errorf("malformed secret file %s: %w", o.secretFile, err)
+	}
+	if err := checkWritableDir(o.data); err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", o.listen)
+	if err != nil {
+		return fmt.Errorf("--listen %q: %w", o.listen, err)
+	}
+	defer ln.Close()
+
+	store, err := blockd.OpenBadger(blockd.BadgerConfig{Dir: o.data, Logger: log.With("component", "badger"),
+		Small: o.small, GCInterval: o.gcInterval})
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	srv, err := blockd.NewServer(blockd.ServerConfig{Store: store, Keyring: keys, Name: o.name, Logger: log})
+	if err != nil {
+		return err
+	}
+	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+
+	addr := ln.Addr().String()
+	if o.addrFile != "" {
+		if err := writeFileAtomic(o.addrFile, []byte(addr+"\n")); err != nil {
+			return fmt.Errorf("--addr-file: %w", err)
+		}
+	}
+	st := store.Stats()
+	log.Info("blockd listening", "addr", addr, "name", o.name, "data", o.data,
+		"chunks", st.Chunks, "encoded_bytes", st.EncodedBytes, "key_id", keys.CurrentKeyID())
+
+	errc := make(chan error, 1)
+	go func() { errc <- hs.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serving: %w", err)
+	case <-ctx.Done():
+	}
+	log.Info("shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := hs.Shutdown(sctx); err != nil {
+		log.Warn("shutdown incomplete", "err", err)
+	}
+	if err := store.Close(); err != nil {
+		return fmt.Errorf("closing store: %w", err)
+	}
+	log.Info("stopped")
+	return nil
+}
+
+// checkWritableDir creates dir if needed and proves it is writable.
+func checkWritableDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	f, err := os.CreateTemp(dir, ".writable-*")
+	if err != nil {
+		return fmt.Errorf("data dir %s is not writable: %w", dir, err)
+	}
+	f.Close()
+	return os.Remove(f.Name())
+}
+
+func writeFileAtomic(path string, data []byte) error {
+	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp")
+	if err := os.WriteFile(tmp, data, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
