@@ -20,10 +20,10 @@ import (
 
 // ServerConfig configures a Server.
 type ServerConfig struct {
-	Store   WriteStore    // required; delete and list also need a PruneStore
-	Keyring *cas.Keyring  // verifies tokens; required
-	Name    string        // this server's token scope (default "blockd")
-	Logger  *slog.Logger  // nil: discard
+	Store   WriteStore   // required; delete and list also need a PruneStore
+	Keyring *cas.Keyring // verifies tokens; required
+	Name    string       // this server's token scope (default "blockd")
+	Logger  *slog.Logger // nil: discard
 	Now     func() time.Time
 	// BatchBytes bounds the encoded bytes of one streamed put batch that is
 	// verified and then stored with one Put (default 8 MiB). A put request
@@ -381,7 +381,7 @@ func (s *Server) handlePut(w http.ResponseWriter, r *http.Request, c cas.Claims)
 	ctx := r.Context()
 	batches := make(chan []Chunk, 1)
 	storeDone := make(chan struct{})
-	var stored int   // chunks acknowledged, owned by the store goroutine until storeDone
+	var stored int // chunks acknowledged, owned by the store goroutine until storeDone
 	var storeErr error
 	storeFailed := make(chan struct{})
 	go func() {
