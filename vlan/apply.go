@@ -87,6 +87,9 @@ type Result struct {
 	Changed Counts `json:"changed"`
 	// Phases is where the time went.
 	Phases []Phase `json:"phases"`
+	// NetlinkBatches counts netlink round trips: batches of requests sent
+	// with one sendmsg each, whose answers were then read.
+	NetlinkBatches int `json:"netlink_batches"`
 }
 
 func (r *Result) phase(name string, start time.Time) time.Time {
@@ -351,7 +354,7 @@ func (tx *upTx) switchLinks(ctx context.Context) error {
 				msgs = append(msgs, setLinkMsg(l.index, br, "attach tap "+t.Name))
 				tx.res.Changed.Links++
 			}
-			msgs = append(msgs, tx.tbf(sw, l, t.Rate, "tap "+t.Name)...)
+			msgs = append(msgs, tx.tbf(l, t.Rate, "tap "+t.Name)...)
 			continue
 		}
 		idx := tx.allocIndex(sw)
@@ -395,7 +398,7 @@ func (tx *upTx) switchLinks(ctx context.Context) error {
 				msgs = append(msgs, setLinkMsg(se.index, br, "attach "+v.SwitchEnd))
 				tx.res.Changed.Links++
 			}
-			msgs = append(msgs, tx.tbf(sw, se, v.Rate, "switch end "+v.SwitchEnd)...)
+			msgs = append(msgs, tx.tbf(se, v.Rate, "switch end "+v.SwitchEnd)...)
 			continue
 		case ne != nil:
 			return fmt.Errorf("%w: %s/%s exists and is not the link to LAN %s", ErrConflict, v.Namespace, v.Name, v.LAN)
@@ -426,13 +429,21 @@ func (tx *upTx) switchLinks(ctx context.Context) error {
 	return nil
 }
 
-// tbf returns the messages that give existing link l the root tbf of rate
-// r (none if it has it, or if r is zero).
-func (tx *upTx) tbf(h *nsHandle, l *linkState, r Rate, what string) []nlMsg {
-	if r == 0 || l.tbfRate == r.BytesPerSecond() {
+// tbf returns the messages that make link l's root qdisc match rate r: a
+// tbf of rate r, or none when r is zero. A link that has it already needs
+// none.
+func (tx *upTx) tbf(l *linkState, r Rate, what string) []nlMsg {
+	switch {
+	case r == 0 && l.tbfRate == 0, r != 0 && l.tbfRate == r.BytesPerSecond():
 		return nil
+	case r == 0:
+		tx.res.Changed.Qdiscs++
+		return []nlMsg{delQdiscMsg(l.index, "delete tbf on "+what)}
+	case l.tbfRate == 0:
+		tx.res.Created.Qdiscs++
+	default:
+		tx.res.Changed.Qdiscs++
 	}
-	tx.res.Changed.Qdiscs++
 	return []nlMsg{newTbfMsg(tbfSpec{l.index, r}, "tbf on "+what)}
 }
 
@@ -484,6 +495,7 @@ func (tx *upTx) createVLANs(bridges map[string]int32, msgs *[]nlMsg) error {
 	}
 	defer host.Close()
 	res, err := host.exec(create)
+	tx.res.NetlinkBatches += host.sent()
 	// Record what was created before reporting failures.
 	for i, m := range create {
 		if err == nil && res[i] == nil {
@@ -527,14 +539,7 @@ func (tx *upTx) nodeConfig(ctx context.Context) error {
 				msgs = append(msgs, newAddrMsg(l.index, toPrefixAttr(v.Address), fmt.Sprintf("add %s to %s/%s", v.Address, h.name, v.Name)))
 				tx.res.Created.Addresses++
 			}
-			if v.Rate != 0 {
-				if l.tbfRate == 0 {
-					msgs = append(msgs, newTbfMsg(tbfSpec{l.index, v.Rate}, fmt.Sprintf("tbf on %s/%s", h.name, v.Name)))
-					tx.res.Created.Qdiscs++
-				} else {
-					msgs = append(msgs, tx.tbf(h, l, v.Rate, h.name+"/"+v.Name)...)
-				}
-			}
+			msgs = append(msgs, tx.tbf(l, v.Rate, h.name+"/"+v.Name)...)
 		}
 		if err := batchErr(h.nl.exec(msgs)); err != nil {
 			return err
@@ -578,8 +583,12 @@ func (tx *upTx) rollback() error {
 }
 
 func (tx *upTx) closeAll() {
-	tx.sw.close()
+	if tx.sw != nil {
+		tx.res.NetlinkBatches += tx.sw.nl.sent()
+		tx.sw.close()
+	}
 	for _, h := range tx.nodes {
+		tx.res.NetlinkBatches += h.nl.sent()
 		h.close()
 	}
 }

@@ -42,10 +42,10 @@ func hashName(prefix string, parts ...string) string {
 	return prefix + hex.EncodeToString(h.Sum(nil))[:10]
 }
 
-func bridgeName(lan string) string          { return hashName("br", "lan", lan) }
+func bridgeName(lan string) string            { return hashName("br", "lan", lan) }
 func switchEndName(node, iface string) string { return hashName("ve", "if", node, iface) }
-func tapName(node, iface string) string     { return hashName("tp", "if", node, iface) }
-func vlanName(id int) string                { return "vlan" + strconv.Itoa(id) }
+func tapName(node, iface string) string       { return hashName("tp", "if", node, iface) }
+func vlanName(id int) string                  { return "vlan" + strconv.Itoa(id) }
 
 // nodeMAC derives a stable, locally administered unicast MAC for a node
 // interface. The experiment is part of the hash, so two experiments that

@@ -24,6 +24,8 @@ type nlConn struct {
 	fd  int
 	seq uint32
 	pid uint32
+	// sends counts batches sent (each one sendmsg and its answers).
+	sends int
 }
 
 // nlTimeout bounds the wait for the kernel's answers, so a lost
@@ -67,6 +69,13 @@ func openNL() (*nlConn, error) {
 		return fail("receive timeout", err)
 	}
 	return c, nil
+}
+
+func (c *nlConn) sent() int {
+	if c == nil {
+		return 0
+	}
+	return c.sends
 }
 
 func (c *nlConn) Close() error {
@@ -132,7 +141,7 @@ func (c *nlConn) exec(msgs []nlMsg) ([]error, error) {
 	return results, nil
 }
 
-// firstErr runs msgs and returns the first failure, if any.
+// run runs msgs and returns the first failure, if any.
 func (c *nlConn) run(msgs []nlMsg) error {
 	res, err := c.exec(msgs)
 	if err != nil {
@@ -153,6 +162,7 @@ func (c *nlConn) execBatch(msgs []nlMsg, results []error) error {
 		m.req.Flags |= unix.NLM_F_REQUEST | unix.NLM_F_ACK
 		buf = append(buf, m.req.Serialize()...)
 	}
+	c.sends++
 	if err := unix.Sendto(c.fd, buf, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		return fmt.Errorf("netlink send: %w", err)
 	}
@@ -386,6 +396,13 @@ func newTbfMsg(t tbfSpec, what string) nlMsg {
 	options.AddRtAttr(nl.TCA_TBF_BURST, nl.Uint32Attr(burst))
 	req.AddData(options)
 	return nlMsg{req: req, what: what, kind: "tbf"}
+}
+
+// delQdiscMsg deletes link index's root qdisc.
+func delQdiscMsg(index int32, what string) nlMsg {
+	req := nl.NewNetlinkRequest(unix.RTM_DELQDISC, 0)
+	req.AddData(&nl.TcMsg{Family: nl.FAMILY_ALL, Ifindex: index, Parent: tcHandleRoot})
+	return nlMsg{req: req, what: what}
 }
 
 // tcHandleRoot is TC_H_ROOT, the parent of a root qdisc.
