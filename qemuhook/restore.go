@@ -1,0 +1,446 @@
+package qemuhook
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"stasis/hypervisor"
+)
+
+// RestoreOptions configure Restore.
+type RestoreOptions struct {
+	// LocalDir receives the VM's local files (its qcow2 overlays and, in
+	// mode ram-file, its RAM file) under their original base names. Empty:
+	// their original paths.
+	LocalDir string
+	// Overwrite allows replacing local files that already exist.
+	Overwrite bool
+	// Paused leaves the restored VM paused instead of continuing it.
+	Paused bool
+	// Log receives QEMU's stdout and stderr (appended); empty discards them.
+	Log string
+	// StartTimeout bounds how long QEMU may take to open its QMP socket;
+	// default 60 s.
+	StartTimeout time.Duration
+	Progress     hypervisor.Progress
+	Logger       *slog.Logger
+}
+
+// Restore starts a VM from the snapshot in dir and, unless opts.Paused,
+// continues it. It refuses a snapshot that is incomplete or fails
+// verification (errors wrap hypervisor.ErrIncomplete or ErrCorrupt): every
+// file's checksum is checked as it is read, and the guest never runs on
+// data that did not verify. On failure nothing is left running and the
+// local files it created are removed.
+func Restore(ctx context.Context, dir string, opts RestoreOptions) (*Machine, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if opts.StartTimeout == 0 {
+		opts.StartTimeout = 60 * time.Second
+	}
+	p := hypervisor.OrNop(opts.Progress)
+	man, err := hypervisor.ReadManifest(dir)
+	if err != nil {
+		return nil, err
+	}
+	if man.Driver != "qemu" {
+		return nil, fmt.Errorf("snapshot %s was made by driver %q, not qemu", dir, man.Driver)
+	}
+	var cfg savedConfig
+	if err := json.Unmarshal(man.Config, &cfg); err != nil || len(cfg.Argv) == 0 || cfg.QMP == "" {
+		return nil, &hypervisor.VerifyError{Dir: dir, File: hypervisor.ManifestName, Err: hypervisor.ErrCorrupt, Detail: "bad qemu config"}
+	}
+
+	// Local files: where each goes, refusing to clobber.
+	local := func(orig string) string {
+		if !filepath.IsAbs(orig) {
+			orig = filepath.Join(cfg.Cwd, orig)
+		}
+		if opts.LocalDir != "" {
+			return filepath.Join(opts.LocalDir, filepath.Base(orig))
+		}
+		return orig
+	}
+	type copyJob struct {
+		file hypervisor.File
+		dst  string
+	}
+	var jobs []copyJob
+	paths := map[string]string{}
+	for _, d := range cfg.Disks {
+		f, ok := fileNamed(man, d.File)
+		if !ok {
+			return nil, &hypervisor.VerifyError{Dir: dir, File: d.File, Err: hypervisor.ErrCorrupt, Detail: "disk not listed in the manifest"}
+		}
+		dst := local(d.Path)
+		jobs = append(jobs, copyJob{f, dst})
+		paths[d.Path] = dst
+	}
+	if man.Mode == ModeRAMFile {
+		f, ok := man.File(hypervisor.RoleRAM)
+		if !ok || cfg.RAMPath == "" {
+			return nil, &hypervisor.VerifyError{Dir: dir, Err: hypervisor.ErrCorrupt, Detail: "ram-file snapshot without ram"}
+		}
+		dst := local(cfg.RAMPath)
+		jobs = append(jobs, copyJob{f, dst})
+		paths[cfg.RAMPath] = dst
+	}
+	for _, j := range jobs {
+		if _, err := os.Stat(j.dst); err == nil && !opts.Overwrite {
+			return nil, fmt.Errorf("restore would overwrite %s (remove it, choose another local directory, or allow overwriting)", j.dst)
+		}
+	}
+	var created []string
+	cleanup := func() {
+		for _, c := range created {
+			os.Remove(c)
+		}
+	}
+	for _, j := range jobs {
+		p.Start(j.file.Role, j.file.Size)
+		if err := os.MkdirAll(filepath.Dir(j.dst), 0o755); err != nil {
+			cleanup()
+			return nil, err
+		}
+		if err := hypervisor.CopyOut(dir, j.file, j.dst, p); err != nil {
+			cleanup()
+			return nil, err
+		}
+		created = append(created, j.dst)
+	}
+
+	// The memory image of mode mapped-ram is read by QEMU itself: verify it
+	// before QEMU sees it.
+	var memFile hypervisor.File
+	switch man.Mode {
+	case ModeStream, ModeMappedRAM:
+		memFile, _ = man.File(hypervisor.RoleMemory)
+	case ModeRAMFile:
+		memFile, _ = man.File(hypervisor.RoleDevState)
+	default:
+		cleanup()
+		return nil, fmt.Errorf("snapshot %s: unknown capture mode %q", dir, man.Mode)
+	}
+	if memFile.Name == "" {
+		cleanup()
+		return nil, &hypervisor.VerifyError{Dir: dir, Err: hypervisor.ErrIncomplete, Detail: "no memory image"}
+	}
+	if man.Mode == ModeMappedRAM {
+		p.Start("verify memory", memFile.Size)
+		if err := verifyFile(dir, memFile, p); err != nil {
+			cleanup()
+			return nil, err
+		}
+	}
+
+	argv := rewriteArgv(cfg.Argv, paths, man.GuestTime)
+	m, err := start(ctx, argv, cfg, opts)
+	if err != nil {
+		cleanup()
+		return nil, err
+	}
+	fail := func(err error) (*Machine, error) {
+		m.Kill()
+		cleanup()
+		return nil, err
+	}
+	mon := m.mon
+	if err := mon.setCapabilities(ctx, cfg.Capabilities); err != nil {
+		return fail(err)
+	}
+	switch man.Mode {
+	case ModeMappedRAM:
+		abs, _ := filepath.Abs(filepath.Join(dir, memFile.Name))
+		if err := mon.run(ctx, "migrate-incoming", map[string]string{"uri": "file:" + abs}, nil, nil); err != nil {
+			return fail(err)
+		}
+		if _, err := mon.waitMigration(ctx, nil); err != nil {
+			return fail(fmt.Errorf("loading memory: %w", err))
+		}
+	default:
+		p.Start(memFile.Role, memFile.Size)
+		if err := incomingFromFile(ctx, mon, dir, memFile, p); err != nil {
+			return fail(err)
+		}
+	}
+	if !opts.Paused {
+		if err := mon.run(ctx, "cont", nil, nil, nil); err != nil {
+			return fail(err)
+		}
+	}
+	m.ramPath = paths[cfg.RAMPath]
+	return m, nil
+}
+
+func fileNamed(man *hypervisor.Manifest, name string) (hypervisor.File, bool) {
+	for _, f := range man.Files {
+		if f.Name == name {
+			return f, true
+		}
+	}
+	return hypervisor.File{}, false
+}
+
+func verifyFile(dir string, f hypervisor.File, p hypervisor.Progress) error {
+	r, err := hypervisor.OpenVerified(dir, f)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	buf := make([]byte, 1<<20)
+	for {
+		n, err := r.Read(buf)
+		p.Add(int64(n))
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// incomingFromFile feeds a saved migration stream to QEMU through a pipe,
+// verifying it on the way; it returns only when QEMU has loaded it and the
+// checksum matched.
+func incomingFromFile(ctx context.Context, mon *monitor, dir string, f hypervisor.File, p hypervisor.Progress) error {
+	vr, err := hypervisor.OpenVerified(dir, f)
+	if err != nil {
+		return err
+	}
+	defer vr.Close()
+	r, wp, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	unix.FcntlInt(wp.Fd(), unix.F_SETPIPE_SZ, 1<<20)
+	const fdname = "stasis-incoming"
+	err = mon.run(ctx, "getfd", map[string]string{"fdname": fdname}, nil, r)
+	r.Close()
+	if err != nil {
+		wp.Close()
+		return err
+	}
+	if err := mon.run(ctx, "migrate-incoming", map[string]string{"uri": "fd:" + fdname}, nil, nil); err != nil {
+		wp.Close()
+		return err
+	}
+	fed := make(chan error, 1)
+	go func() {
+		buf := make([]byte, 1<<20)
+		var werr error
+		for {
+			n, rerr := vr.Read(buf)
+			if n > 0 && werr == nil {
+				_, werr = wp.Write(buf[:n])
+				p.Add(int64(n))
+				if werr != nil {
+					// QEMU stopped reading; keep hashing so a damaged
+					// image is reported as such.
+					wp.Close()
+				}
+			}
+			if rerr == io.EOF {
+				wp.Close()
+				fed <- werr
+				return
+			}
+			if rerr != nil {
+				wp.Close()
+				fed <- rerr // a verification error beats QEMU's complaint
+				return
+			}
+		}
+	}()
+	_, merr := mon.waitMigration(ctx, nil)
+	if merr != nil {
+		wp.Close()
+	}
+	ferr := <-fed
+	if ferr != nil {
+		var ve *hypervisor.VerifyError
+		if errors.As(ferr, &ve) {
+			return ferr
+		}
+		if merr == nil {
+			return fmt.Errorf("feeding %s: %w", f.Name, ferr)
+		}
+	}
+	if merr != nil {
+		return fmt.Errorf("loading %s: %w", f.Name, merr)
+	}
+	return nil
+}
+
+// start runs QEMU with argv (detached in its own session, so it outlives
+// the stasis process) and connects to its QMP socket.
+func start(ctx context.Context, argv []string, cfg savedConfig, opts RestoreOptions) (*Machine, error) {
+	out := io.Writer(nil)
+	if opts.Log != "" {
+		f, err := os.OpenFile(opts.Log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		out = f
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
+	if fi, err := os.Stat(cfg.Cwd); err == nil && fi.IsDir() {
+		cmd.Dir = cfg.Cwd
+	}
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	daemonize := false
+	for _, a := range argv {
+		if a == "-daemonize" || a == "--daemonize" {
+			daemonize = true
+		}
+	}
+	// A stale socket from the previous QEMU must not be mistaken for ours.
+	os.Remove(cfg.QMP)
+	m := &Machine{cfg: Config{QMP: cfg.QMP, Logger: opts.Logger}}
+	m.cfg.validate()
+	if daemonize {
+		if b, err := cmd.CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("start qemu: %v: %s", err, b)
+		}
+	} else {
+		if err := cmd.Start(); err != nil {
+			return nil, fmt.Errorf("start qemu: %w", err)
+		}
+		m.proc = cmd.Process
+		m.pid = cmd.Process.Pid
+		m.done = make(chan struct{})
+		go func() { cmd.Wait(); close(m.done) }()
+	}
+	deadline := time.Now().Add(opts.StartTimeout)
+	for {
+		dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		mon, err := dial(dctx, cfg.QMP)
+		cancel()
+		if err == nil {
+			m.mon = mon
+			if m.pid == 0 {
+				m.pid = mon.pid
+			}
+			return m, nil
+		}
+		if m.done != nil {
+			select {
+			case <-m.done:
+				return nil, fmt.Errorf("qemu exited while starting (see its log %q): %s", opts.Log, strings.Join(argv, " "))
+			default:
+			}
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			if m.proc != nil {
+				m.proc.Kill()
+				<-m.done
+			}
+			return nil, fmt.Errorf("qemu did not open its QMP socket %s: %w", cfg.QMP, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// rewriteArgv turns a saved QEMU command line into the restore command
+// line: local file paths replaced, any previous -incoming and -S dropped,
+// -rtc set to continue the guest clock from base in virtual time, and
+// "-S -incoming defer" appended.
+func rewriteArgv(argv []string, paths map[string]string, base time.Time) []string {
+	out := []string{argv[0]}
+	rtc := false
+	for i := 1; i < len(argv); i++ {
+		a := argv[i]
+		opt := a
+		if strings.HasPrefix(opt, "--") {
+			opt = opt[1:]
+		}
+		switch opt {
+		case "-incoming":
+			i++
+			continue
+		case "-S":
+			continue
+		case "-rtc":
+			if i+1 < len(argv) {
+				out = append(out, "-rtc", rewriteRTC(argv[i+1], base))
+				rtc = true
+				i++
+				continue
+			}
+		}
+		out = append(out, replacePaths(a, paths))
+	}
+	if !rtc {
+		out = append(out, "-rtc", rewriteRTC("", base))
+	}
+	return append(out, "-S", "-incoming", "defer")
+}
+
+// rewriteRTC sets base= (when known) and clock=vm in an -rtc option.
+func rewriteRTC(s string, base time.Time) string {
+	var keep []string
+	hadBase := ""
+	for _, part := range strings.Split(s, ",") {
+		switch {
+		case part == "":
+		case strings.HasPrefix(part, "base="):
+			hadBase = part
+		case strings.HasPrefix(part, "clock="):
+		default:
+			keep = append(keep, part)
+		}
+	}
+	b := hadBase
+	if !base.IsZero() {
+		b = "base=" + base.UTC().Format("2006-01-02T15:04:05")
+	}
+	if b != "" {
+		keep = append([]string{b}, keep...)
+	}
+	return strings.Join(append(keep, "clock=vm"), ",")
+}
+
+// replacePaths replaces file values in one argument: key=OLD in a QEMU
+// option list (file=, filename=, mem-path=, path=) and "OLD" in JSON.
+func replacePaths(a string, paths map[string]string) string {
+	if len(paths) == 0 {
+		return a
+	}
+	if strings.HasPrefix(a, "{") {
+		for o, n := range paths {
+			on, _ := json.Marshal(o)
+			nn, _ := json.Marshal(n)
+			a = strings.ReplaceAll(a, string(on), string(nn))
+		}
+		return a
+	}
+	parts := strings.Split(a, ",")
+	for i, part := range parts {
+		k, v, ok := strings.Cut(part, "=")
+		if !ok {
+			continue
+		}
+		if n, hit := paths[v]; hit {
+			switch k {
+			case "file", "filename", "mem-path", "path":
+				parts[i] = k + "=" + n
+			}
+		}
+	}
+	return strings.Join(parts, ",")
+}
