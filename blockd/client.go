@@ -183,9 +183,11 @@ func (c *Client) getMany(ctx context.Context, ids []cas.ChunkID, fn func(cas.Chu
 	defer resp.Body.Close()
 	fr := newFrameReader(resp.Body)
 	var missing []cas.ChunkID
+	var buf []byte
 	next := 0
 	for {
-		ch, err := fr.next()
+		ch, err := fr.next(buf)
+		buf = ch.Data
 		if err == io.EOF {
 			break
 		}

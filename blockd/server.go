@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -26,8 +27,8 @@ type ServerConfig struct {
 	Logger  *slog.Logger // nil: discard
 	Now     func() time.Time
 	// BatchBytes bounds the encoded bytes of one streamed put batch that is
-	// verified and then stored with one Put (default 8 MiB). A put request
-	// holds at most about three batches in memory.
+	// verified and then stored with one Put (default 4 MiB). A put request
+	// holds at most four buffers of BatchBytes + cas.MaxEncodedSize.
 	BatchBytes int
 }
 
@@ -52,7 +53,7 @@ func (c *ServerConfig) Validate() error {
 		c.Now = time.Now
 	}
 	if c.BatchBytes == 0 {
-		c.BatchBytes = 8 << 20
+		c.BatchBytes = 4 << 20
 	}
 	if c.BatchBytes < 0 {
 		return fmt.Errorf("blockd: negative BatchBytes %d", c.BatchBytes)
@@ -90,6 +91,9 @@ type Server struct {
 	log   *slog.Logger
 	m     *metrics
 	mux   *http.ServeMux
+	// arenas hold the frame data of one put batch (or decode scratch);
+	// each has room for BatchBytes plus the largest chunk.
+	arenas sync.Pool
 }
 
 // NewServer builds a server over cfg.Store.
@@ -99,6 +103,10 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, store: cfg.Store, log: cfg.Logger, m: newMetrics(cfg.Store), mux: http.NewServeMux()}
 	s.prune, _ = cfg.Store.(PruneStore)
+	s.arenas.New = func() any {
+		b := make([]byte, 0, cfg.BatchBytes+cas.MaxEncodedSize)
+		return &b
+	}
 	s.route("POST /v1/missing", "missing", cas.OpHas, s.handleMissing)
 	s.route("POST /v1/put", "put", cas.OpPut, s.handlePut)
 	s.route("GET /v1/chunks/{id}", "get", cas.OpGet, s.handleGet)
@@ -371,7 +379,9 @@ func (s *Server) handleList(w http.ResponseWriter, r *http.Request, _ cas.Claims
 
 // handlePut reads frames, verifies each, and stores them in batches of up
 // to BatchBytes. One batch is stored (in a second goroutine) while the next
-// is read and verified.
+// is read and verified. Frame data is read into pooled arenas, one per
+// batch, returned to the pool once the batch's Put has returned (a store
+// keeps no reference to Data after Put).
 func (s *Server) handlePut(w http.ResponseWriter, r *http.Request, c cas.Claims) {
 	// Answer a refusal while the client may still be sending, without
 	// the connection being reset under the response.
@@ -379,66 +389,85 @@ func (s *Server) handlePut(w http.ResponseWriter, r *http.Request, c cas.Claims)
 	rc.EnableFullDuplex()
 
 	ctx := r.Context()
-	batches := make(chan []Chunk, 1)
+	type batch struct {
+		chunks []Chunk
+		arena  *[]byte
+	}
+	batches := make(chan batch, 1)
 	storeDone := make(chan struct{})
-	var stored int // chunks acknowledged, owned by the store goroutine until storeDone
-	var storeErr error
 	storeFailed := make(chan struct{})
+	var stored int // chunks acknowledged; read after storeDone
+	var storeErr error
 	go func() {
 		defer close(storeDone)
 		for b := range batches {
-			if storeErr != nil {
-				continue
+			if storeErr == nil {
+				if err := s.store.Put(ctx, b.chunks); err != nil {
+					storeErr = err
+					close(storeFailed)
+				} else {
+					stored += len(b.chunks)
+					n := 0
+					for _, c := range b.chunks {
+						n += len(c.Data)
+					}
+					s.m.putChunks.Add(float64(len(b.chunks)))
+					s.m.putBytes.Add(float64(n))
+				}
 			}
-			if err := s.store.Put(ctx, b); err != nil {
-				storeErr = err
-				close(storeFailed)
-				continue
-			}
-			stored += len(b)
-			n := 0
-			for _, c := range b {
-				n += len(c.Data)
-			}
-			s.m.putChunks.Add(float64(len(b)))
-			s.m.putBytes.Add(float64(n))
+			s.arenas.Put(b.arena)
 		}
 	}()
 
 	fr := newFrameReader(r.Body)
-	var batch []Chunk
-	batchBytes := 0
-	var buf []byte
+	cur := batch{arena: s.getArena()}
+	flush := func() {
+		if len(cur.chunks) > 0 {
+			batches <- cur
+			cur = batch{arena: s.getArena()}
+		}
+	}
+	buf := s.getArena() // decode scratch
+	defer s.arenas.Put(buf)
 	var reqErr error
-read:
-	for {
+	for reqErr == nil {
 		select {
 		case <-storeFailed:
-			break read
+			reqErr = errStop
+			continue
 		default:
 		}
-		ch, err := fr.next()
+		id, n, err := fr.header()
 		if err == io.EOF {
 			break
-		}
-		if err == nil {
-			buf, err = CheckChunk(buf, ch)
 		}
 		if err != nil {
 			reqErr = err
 			break
 		}
-		batch = append(batch, ch)
-		batchBytes += len(ch.Data)
-		if batchBytes >= s.cfg.BatchBytes {
-			batches <- batch
-			batch, batchBytes = nil, 0
+		a := *cur.arena
+		if len(a)+n > cap(a) {
+			flush()
+			a = *cur.arena
+		}
+		ch := Chunk{ID: id, Data: a[len(a) : len(a)+n]}
+		if err := fr.body(id, ch.Data); err != nil {
+			reqErr = err
+			break
+		}
+		if *buf, err = CheckChunk((*buf)[:0], ch); err != nil {
+			reqErr = err
+			break
+		}
+		*cur.arena = a[:len(a)+n]
+		cur.chunks = append(cur.chunks, ch)
+		if len(*cur.arena) >= s.cfg.BatchBytes {
+			flush()
 		}
 	}
 	// The prefix before a bad frame is valid: store it too.
-	if len(batch) > 0 {
-		batches <- batch
-	}
+	flush()
+	s.arenas.Put(cur.arena)
 	close(batches)
 	<-storeDone
 	switch {
@@ -453,4 +482,15 @@ read:
 		s.log.Debug("put", "chunks", stored, "subject", c.Subject)
 		writeJSON(w, http.StatusOK, errorResponse{Stored: &stored})
 	}
+}
+
+// errStop ends reading a put whose store has failed; the store's error is
+// the one reported.
+var errStop = errors.New("stopped after a store error")
+
+// getArena returns an empty arena that holds at least one batch.
+func (s *Server) getArena() *[]byte {
+	a := s.arenas.Get().(*[]byte)
+	*a = (*a)[:0]
+	return a
 }

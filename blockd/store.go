@@ -40,7 +40,8 @@ type Store interface {
 // when all of them are durable (synced to stable storage, for persistent
 // backends). Putting a chunk that exists is a no-op. A Put that returns an
 // error may have stored some chunks of the batch whole, never a partial
-// chunk. Stores do not verify hashes; see Verify.
+// chunk. Put keeps no reference to the chunks' Data after it returns, so
+// callers may reuse the buffers. Stores do not verify hashes; see Verify.
 type WriteStore interface {
 	Store
 	Put(ctx context.Context, chunks []Chunk) error

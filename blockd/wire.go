@@ -43,31 +43,47 @@ func newFrameReader(r io.Reader) *frameReader {
 	return &frameReader{r: bufio.NewReaderSize(r, 64<<10)}
 }
 
-// next reads one frame into a fresh slice. It returns io.EOF at a clean end
-// of stream, an error wrapping ErrBadFrame for a malformed or truncated
-// frame, and a *RejectError (too-large) for an oversize one, without
-// reading its data.
-func (f *frameReader) next() (Chunk, error) {
-	var c Chunk
-	if _, err := io.ReadFull(f.r, c.ID[:]); err != nil {
+// header reads the ID and length of the next frame. It returns io.EOF at
+// a clean end of stream, an error wrapping ErrBadFrame for a malformed or
+// truncated header, and a *RejectError (too-large) for an oversize frame.
+func (f *frameReader) header() (cas.ChunkID, int, error) {
+	var id cas.ChunkID
+	if _, err := io.ReadFull(f.r, id[:]); err != nil {
 		if err == io.EOF {
-			return c, io.EOF
+			return id, 0, io.EOF
 		}
-		return c, fmt.Errorf("%w: truncated chunk id: %w", ErrBadFrame, err)
+		return id, 0, fmt.Errorf("%w: truncated chunk id: %w", ErrBadFrame, err)
 	}
 	n, err := binary.ReadUvarint(f.r)
 	if err != nil {
-		return c, fmt.Errorf("%w: chunk %s: bad length: %w", ErrBadFrame, c.ID.Short(), noEOF(err))
+		return id, 0, fmt.Errorf("%w: chunk %s: bad length: %w", ErrBadFrame, id.Short(), noEOF(err))
 	}
 	if n > cas.MaxEncodedSize {
-		return c, &RejectError{ID: c.ID, Reason: ReasonTooLarge,
+		return id, 0, &RejectError{ID: id, Reason: ReasonTooLarge,
 			Err: fmt.Errorf("%w: frame of %d bytes exceeds %d", cas.ErrChunkTooLarge, n, cas.MaxEncodedSize)}
 	}
-	c.Data = make([]byte, n)
-	if k, err := io.ReadFull(f.r, c.Data); err != nil {
-		return c, fmt.Errorf("%w: chunk %s: truncated after %d of %d bytes: %w", ErrBadFrame, c.ID.Short(), k, n, noEOF(err))
+	return id, int(n), nil
+}
+
+// body reads the n data bytes of the frame of id into dst[:n].
+func (f *frameReader) body(id cas.ChunkID, dst []byte) error {
+	if k, err := io.ReadFull(f.r, dst); err != nil {
+		return fmt.Errorf("%w: chunk %s: truncated after %d of %d bytes: %w", ErrBadFrame, id.Short(), k, len(dst), noEOF(err))
 	}
-	return c, nil
+	return nil
+}
+
+// next reads a whole frame, reusing buf for its data when it is big enough.
+func (f *frameReader) next(buf []byte) (Chunk, error) {
+	id, n, err := f.header()
+	if err != nil {
+		return Chunk{ID: id}, err
+	}
+	if cap(buf) < n {
+		buf = make([]byte, n)
+	}
+	c := Chunk{ID: id, Data: buf[:n]}
+	return c, f.body(id, c.Data)
 }
 
 // noEOF turns a bare EOF inside a frame into ErrUnexpectedEOF.
