@@ -101,7 +101,7 @@ func BenchmarkPut(b *testing.B) {
 		for _, conc := range []int{1, 4} {
 			b.Run(k.name+"/conc="+strconv.Itoa(conc), func(b *testing.B) {
 				d := makeBatches(b.N, k.compressible, benchSeed.Add(1))
-				st := openBadger(b, b.TempDir())
+				st := openBenchBadger(b)
 				ts := startServer(b, st, 0)
 				c := blockd.NewClient(ts.url, tokenFor(0, "b1"), nil)
 				b.SetBytes(benchBatch * benchChunk)
@@ -119,7 +119,7 @@ func BenchmarkGet(b *testing.B) {
 	for _, k := range kinds() {
 		b.Run(k.name, func(b *testing.B) {
 			d := makeBatches(b.N, k.compressible, benchSeed.Add(1))
-			st := openBadger(b, b.TempDir())
+			st := openBenchBadger(b)
 			ts := startServer(b, st, 0)
 			c := blockd.NewClient(ts.url, tokenFor(0, "b1"), nil)
 			for _, batch := range d.batches {
@@ -199,7 +199,7 @@ func BenchmarkHashEncode(b *testing.B) {
 func BenchmarkGroupCommit(b *testing.B) {
 	for _, conc := range []int{1, 16} {
 		b.Run("conc="+strconv.Itoa(conc), func(b *testing.B) {
-			st := openBadger(b, b.TempDir())
+			st := openBenchBadger(b)
 			r := rand.New(rand.NewPCG(benchSeed.Add(1), 1))
 			chunks := make([]blockd.Chunk, b.N)
 			for i := range chunks {
@@ -227,7 +227,7 @@ func BenchmarkStorePut(b *testing.B) {
 	for _, k := range kinds() {
 		b.Run(k.name, func(b *testing.B) {
 			d := makeBatches(b.N, k.compressible, benchSeed.Add(1))
-			st := openBadger(b, b.TempDir())
+			st := openBenchBadger(b)
 			b.SetBytes(benchBatch * benchChunk)
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
@@ -237,4 +237,15 @@ func BenchmarkStorePut(b *testing.B) {
 			}
 		})
 	}
+}
+
+// openBenchBadger opens a store with the daemon's default (not Small)
+// settings: 1 GiB value-log files, 64 MiB memtables.
+func openBenchBadger(b *testing.B) *blockd.BadgerStore {
+	s, err := blockd.OpenBadger(blockd.BadgerConfig{Dir: b.TempDir(), GCInterval: -1})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { s.Close() })
+	return s
 }

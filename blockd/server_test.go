@@ -482,3 +482,54 @@ func TestConcurrentClients(t *testing.T) {
 	wg.Wait()
 	storetest.CheckHolds(t, st, chunks)
 }
+
+// A store failure after a streamed response has started aborts the
+// connection: the client sees a broken stream, never a short, clean one.
+func TestStreamAborts(t *testing.T) {
+	ctx := context.Background()
+	mem := blockd.NewMemStore()
+	fs := faultstore.New(mem)
+	ts := startServer(t, fs, 0)
+	c := blockd.NewClient(ts.url, tokenFor(0, "b1"), nil)
+	chunks := storetest.Chunks(9, 3000, 64) // a listing longer than one 64 KiB write
+	if err := c.Put(ctx, chunks); err != nil {
+		t.Fatal(err)
+	}
+	fs.FailNth(faultstore.OpGet, 2, errors.New("disk read error"), 0)
+	n := 0
+	err := c.GetMany(ctx, storetest.IDs(chunks[:3]), func(cas.ChunkID, []byte) error { n++; return nil })
+	if err == nil || errors.Is(err, blockd.ErrNotFound) || n > 1 {
+		t.Fatalf("GetMany over a failing store = %v after %d chunks", err, n)
+	}
+	fs.FailNth(faultstore.OpGet, 1, errors.New("disk read error"), 0)
+	err = c.GetMany(ctx, storetest.IDs(chunks[:3]), func(cas.ChunkID, []byte) error { return nil })
+	var se *blockd.StatusError
+	if !errors.As(err, &se) || se.Code != 500 {
+		t.Fatalf("GetMany failing on the first chunk = %v, want a 500", err)
+	}
+	// List: fail the store's List after it has produced a first page.
+	broken := &failingList{PruneStore: mem, after: 2500}
+	ts2 := startServer(t, broken, 0)
+	c2 := blockd.NewClient(ts2.url, tokenFor(0, "b1"), nil)
+	n = 0
+	err = c2.List(ctx, func(blockd.ChunkInfo) error { n++; return nil })
+	if err == nil || n >= 3000 {
+		t.Fatalf("List over a failing store = %v after %d entries", err, n)
+	}
+}
+
+// failingList fails List after `after` entries.
+type failingList struct {
+	blockd.PruneStore
+	after int
+}
+
+func (f *failingList) List(ctx context.Context, fn func(blockd.ChunkInfo) error) error {
+	n := 0
+	return f.PruneStore.List(ctx, func(i blockd.ChunkInfo) error {
+		if n++; n > f.after {
+			return errors.New("list failed")
+		}
+		return fn(i)
+	})
+}
