@@ -327,13 +327,14 @@ func (tx *upTx) switchLinks(ctx context.Context) error {
 			bridges[b.Name] = l.index
 			if !l.up {
 				msgs = append(msgs, setLinkMsg(l.index, 0, "bring up bridge "+b.Name))
-				tx.res.Changed.Links++
+				tx.changed(&tx.res.Changed.Links, msgs)
 			}
 			continue
 		}
 		idx := tx.allocIndex(sw)
 		bridges[b.Name] = idx
 		msgs = append(msgs, newBridgeMsg(b.Name, idx))
+		sst.links[b.Name] = &linkState{index: idx, kind: "bridge", up: true, created: true}
 		tx.created(sw, idx, "bridge "+b.Name)
 	}
 
@@ -352,13 +353,14 @@ func (tx *upTx) switchLinks(ctx context.Context) error {
 			}
 			if l.master != br || !l.up {
 				msgs = append(msgs, setLinkMsg(l.index, br, "attach tap "+t.Name))
-				tx.res.Changed.Links++
+				tx.changed(&tx.res.Changed.Links, msgs)
 			}
 			msgs = append(msgs, tx.tbf(l, t.Rate, "tap "+t.Name)...)
 			continue
 		}
 		idx := tx.allocIndex(sw)
 		taps = append(taps, tapNew{t.Name, idx})
+		sst.links[t.Name] = &linkState{index: idx, kind: "tuntap", master: br, up: true, created: true}
 		msgs = append(msgs, setLinkMsg(idx, br, "attach tap "+t.Name))
 		if t.Rate != 0 {
 			msgs = append(msgs, newTbfMsg(tbfSpec{idx, t.Rate}, "tbf on tap "+t.Name))
@@ -396,7 +398,7 @@ func (tx *upTx) switchLinks(ctx context.Context) error {
 		case se != nil && ne != nil && se.kind == "veth" && ne.kind == "veth" && se.peer == ne.index:
 			if se.master != br || !se.up {
 				msgs = append(msgs, setLinkMsg(se.index, br, "attach "+v.SwitchEnd))
-				tx.res.Changed.Links++
+				tx.changed(&tx.res.Changed.Links, msgs)
 			}
 			msgs = append(msgs, tx.tbf(se, v.Rate, "switch end "+v.SwitchEnd)...)
 			continue
@@ -405,7 +407,7 @@ func (tx *upTx) switchLinks(ctx context.Context) error {
 		case se != nil:
 			// A switch end without its node end: stale; replace it.
 			msgs = append(msgs, delLinkMsg(se.index, "delete stale "+v.SwitchEnd))
-			tx.res.Changed.Links++
+			tx.changed(&tx.res.Changed.Links, msgs)
 		}
 		idx, peerIdx := tx.allocIndex(sw), tx.allocIndex(node)
 		msgs = append(msgs, newVethMsg(vethSpec{
@@ -414,6 +416,7 @@ func (tx *upTx) switchLinks(ctx context.Context) error {
 			description: fmt.Sprintf("%s/%s <-> %s/%s", sw.name, v.SwitchEnd, v.Namespace, v.Name),
 		}))
 		tx.created(sw, idx, "veth "+v.SwitchEnd)
+		sst.links[v.SwitchEnd] = &linkState{index: idx, kind: "veth", master: br, up: true, peer: peerIdx, created: true}
 		nst.links[v.Name] = &linkState{index: peerIdx, kind: "veth", created: true, addrs: map[netip.Prefix]bool{}}
 		if v.Rate != 0 {
 			msgs = append(msgs, newTbfMsg(tbfSpec{idx, v.Rate}, "tbf on "+v.SwitchEnd))
@@ -433,18 +436,27 @@ func (tx *upTx) switchLinks(ctx context.Context) error {
 // tbf of rate r, or none when r is zero. A link that has it already needs
 // none.
 func (tx *upTx) tbf(l *linkState, r Rate, what string) []nlMsg {
-	switch {
-	case r == 0 && l.tbfRate == 0, r != 0 && l.tbfRate == r.BytesPerSecond():
+	if r == 0 && l.tbfRate == 0 || r != 0 && l.tbfRate == r.BytesPerSecond() {
 		return nil
-	case r == 0:
-		tx.res.Changed.Qdiscs++
-		return []nlMsg{delQdiscMsg(l.index, "delete tbf on "+what)}
-	case l.tbfRate == 0:
-		tx.res.Created.Qdiscs++
-	default:
-		tx.res.Changed.Qdiscs++
 	}
-	return []nlMsg{newTbfMsg(tbfSpec{l.index, r}, "tbf on "+what)}
+	if r == 0 {
+		m := []nlMsg{delQdiscMsg(l.index, "delete tbf on "+what)}
+		tx.changed(&tx.res.Changed.Qdiscs, m)
+		return m
+	}
+	m := []nlMsg{newTbfMsg(tbfSpec{l.index, r}, "tbf on "+what)}
+	if l.tbfRate == 0 {
+		tx.res.Created.Qdiscs++
+	} else {
+		tx.changed(&tx.res.Changed.Qdiscs, m)
+	}
+	return m
+}
+
+// changed counts a correction of an existing object, the last of msgs.
+func (tx *upTx) changed(counter *int, msgs []nlMsg) {
+	*counter++
+	tx.a.log.Debug("vlan: correcting existing object", "experiment", tx.p.Experiment, "op", msgs[len(msgs)-1].what)
 }
 
 // createVLANs creates the dot1q backend's subinterfaces on the trunk, directly in
@@ -466,7 +478,7 @@ func (tx *upTx) createVLANs(bridges map[string]int32, msgs *[]nlMsg) error {
 			}
 			if l.master != br || !l.up {
 				*msgs = append(*msgs, setLinkMsg(l.index, br, "attach "+v.Name))
-				tx.res.Changed.Links++
+				tx.changed(&tx.res.Changed.Links, *msgs)
 			}
 			continue
 		}
@@ -482,6 +494,7 @@ func (tx *upTx) createVLANs(bridges map[string]int32, msgs *[]nlMsg) error {
 		m.what += " on trunk " + v.Trunk
 		create = append(create, m)
 		createIdx = append(createIdx, idx)
+		sst.links[v.Name] = &linkState{index: idx, kind: "vlan", master: br, up: true, created: true}
 		*msgs = append(*msgs, setLinkMsg(idx, br, "attach "+v.Name))
 	}
 	if len(create) == 0 {
@@ -532,7 +545,7 @@ func (tx *upTx) nodeConfig(ctx context.Context) error {
 			if !l.up {
 				msgs = append(msgs, setLinkMsg(l.index, 0, "bring up "+v.Name))
 				if !l.created {
-					tx.res.Changed.Links++
+					tx.changed(&tx.res.Changed.Links, msgs)
 				}
 			}
 			if v.Address.IsValid() && !l.addrs[v.Address] {
@@ -541,6 +554,9 @@ func (tx *upTx) nodeConfig(ctx context.Context) error {
 			}
 			msgs = append(msgs, tx.tbf(l, v.Rate, h.name+"/"+v.Name)...)
 		}
+		for _, v := range byNode[h.name] {
+			msgs = append(msgs, syncLinkMsg(st.links[v.Name].index, h.name+"/"+v.Name))
+		}
 		if err := batchErr(h.nl.exec(msgs)); err != nil {
 			return err
 		}
@@ -548,7 +564,29 @@ func (tx *upTx) nodeConfig(ctx context.Context) error {
 			return err
 		}
 	}
-	return nil
+	// Now that the node ends are up, settle the switch ends' carrier too,
+	// so the bridges forward before Up returns.
+	var names []string
+	for _, b := range tx.p.Bridges {
+		names = append(names, b.Name)
+	}
+	for _, v := range tx.p.Veths {
+		names = append(names, v.SwitchEnd)
+	}
+	for _, t := range tx.p.Taps {
+		names = append(names, t.Name)
+	}
+	for _, v := range tx.p.VLANs {
+		names = append(names, v.Name)
+	}
+	var msgs []nlMsg
+	sst := tx.state[tx.sw]
+	for _, n := range names {
+		if l := sst.links[n]; l != nil {
+			msgs = append(msgs, syncLinkMsg(l.index, n))
+		}
+	}
+	return batchErr(tx.sw.nl.exec(msgs))
 }
 
 // rollback deletes what this Up created: links in namespaces that existed

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"sort"
@@ -23,6 +24,15 @@ func requireRoot(t testing.TB) {
 	}
 }
 
+// tLogWriter sends log lines to the test log.
+type tLogWriter struct{ t testing.TB }
+
+func (w tLogWriter) Write(b []byte) (int, error) {
+	w.t.Helper()
+	w.t.Log(strings.TrimSpace(string(b)))
+	return len(b), nil
+}
+
 // uniqueExp returns a fresh experiment name, so tests never share
 // namespaces with each other or with a crashed earlier run.
 func uniqueExp(t testing.TB) string {
@@ -33,7 +43,7 @@ func uniqueExp(t testing.TB) string {
 
 func newTestApplier(t testing.TB) *Applier {
 	t.Helper()
-	a, err := NewApplier(Config{})
+	a, err := NewApplier(Config{Logger: slog.New(slog.NewTextHandler(tLogWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 	if err != nil {
 		t.Fatal(err)
 	}

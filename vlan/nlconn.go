@@ -337,6 +337,20 @@ func setLinkMsg(index, master int32, what string) nlMsg {
 	return nlMsg{req: req, what: what}
 }
 
+// syncLinkMsg asks for link index. The answer itself is ignored: the
+// point is that the kernel, before it answers a single-link query, runs
+// the link's pending carrier change (linkwatch), which otherwise happens
+// later in a work queue; until then the link drops what it sends and a
+// bridge does not forward to it.
+func syncLinkMsg(index int32, what string) nlMsg {
+	req := nl.NewNetlinkRequest(unix.RTM_GETLINK, 0)
+	ifi := nl.NewIfInfomsg(unix.AF_UNSPEC)
+	ifi.Index = index
+	req.AddData(ifi)
+	req.AddData(nl.NewRtAttr(unix.IFLA_EXT_MASK, nl.Uint32Attr(0)))
+	return nlMsg{req: req, what: "sync " + what}
+}
+
 // delLinkMsg deletes link index.
 func delLinkMsg(index int32, what string) nlMsg {
 	req := nl.NewNetlinkRequest(unix.RTM_DELLINK, 0)
