@@ -1,0 +1,53 @@
+package metad
+
+import (
+	"context"
+	"errors"
+)
+
+// Store is the transactional, ordered key-value store under the Service.
+// The Service keeps every record in it (see keys.go for the schema); the
+// badger backend (OpenBadgerStore) is the durable one, the memory backend
+// (NewMemStore) serves fast unit tests. Both pass one conformance suite.
+//
+// Contract:
+//   - View runs fn on a consistent, read-only snapshot of the store.
+//   - Update runs fn in a read-write transaction and commits it atomically:
+//     after Update returns nil every write of fn is durable (per the
+//     backend's sync setting) and visible to later transactions; after it
+//     returns an error none is. fn may run more than once (the store retries
+//     conflicting transactions), so it must not have side effects outside
+//     the transaction. Update returns ErrConflict when retries run out and
+//     ErrTxnTooBig when fn writes more than one transaction can hold.
+//   - Keys and values handed to callbacks are valid only until the callback
+//     returns; copy them to keep them. Values passed to Set are owned by the
+//     store after the call.
+//   - NextID returns increasing, never reused numbers per sequence name;
+//     numbers may be skipped (for example after a restart).
+//
+// Implementations are safe for concurrent use.
+type Store interface {
+	View(ctx context.Context, fn func(Txn) error) error
+	Update(ctx context.Context, fn func(Txn) error) error
+	NextID(name string) (uint64, error)
+	Close() error
+}
+
+// Txn is one transaction. Get returns ErrNoKey for an absent key. Iterate
+// calls fn for every key with the prefix, in key order, starting at the
+// first key >= start (start nil: the prefix itself), until fn returns an
+// error; ErrStop ends the iteration without error. fn must not write to the
+// transaction while iterating.
+type Txn interface {
+	Get(key []byte) ([]byte, error)
+	Set(key, val []byte) error
+	Delete(key []byte) error
+	Iterate(prefix, start []byte, fn func(key, val []byte) error) error
+}
+
+// Store errors.
+var (
+	ErrNoKey     = errors.New("metad store: key not found")
+	ErrStop      = errors.New("metad store: stop iteration")
+	ErrTxnTooBig = errors.New("metad store: transaction too big")
+)
