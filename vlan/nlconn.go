@@ -117,7 +117,7 @@ func (e *NLError) Unwrap() error { return e.Errno }
 
 // ErrNoKernelSupport is wrapped by errors caused by a kernel that lacks a
 // feature a plan needs, such as 802.1Q VLANs.
-var ErrNoKernelSupport = errors.New("kernel lacks support")
+var ErrNoKernelSupport = errors.New("kernel lacks")
 
 // kernelFeature names the kernel option behind each link kind we create.
 var kernelFeature = map[string]string{
@@ -231,7 +231,7 @@ func ackError(r syscall.NetlinkMessage, m nlMsg) error {
 	}
 	if e.Errno == unix.EOPNOTSUPP && m.kind != "" {
 		if feat, ok := kernelFeature[m.kind]; ok {
-			return fmt.Errorf("%w: %s: %w", ErrNoKernelSupport, feat, e)
+			return fmt.Errorf("%w %s: %w", ErrNoKernelSupport, feat, e)
 		}
 	}
 	return e

@@ -88,6 +88,12 @@ func OpenTap(exp, node, iface string) (*os.File, error) {
 			unix.Close(fd)
 			return err
 		}
+		// Non-blocking, so the file works with deadlines; QEMU sets its
+		// own flags anyway.
+		if err := unix.SetNonblock(fd, true); err != nil {
+			unix.Close(fd)
+			return err
+		}
 		f = os.NewFile(uintptr(fd), "tap:"+name)
 		return nil
 	})
