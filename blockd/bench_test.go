@@ -10,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"stasis/blockd"
 	"stasis/cas"
@@ -248,4 +249,50 @@ func openBenchBadger(b *testing.B) *blockd.BadgerStore {
 	}
 	b.Cleanup(func() { s.Close() })
 	return s
+}
+
+// BenchmarkIngestVsLocal interleaves the two things compared, so that both
+// see the same machine load (this machine is shared and noisy): each
+// iteration writes `conc` 4 MiB batches to a local file (write + fsync per
+// batch), then puts the same raw bytes, already hashed and encoded, into
+// blockd over loopback from `conc` concurrent clients. It reports both
+// rates and blockd's as a fraction of local ("ratio").
+func BenchmarkIngestVsLocal(b *testing.B) {
+	for _, k := range kinds() {
+		for _, conc := range []int{1, 4} {
+			b.Run(k.name+"/conc="+strconv.Itoa(conc), func(b *testing.B) {
+				d := makeBatches(b.N*conc, k.compressible, benchSeed.Add(1))
+				st := openBenchBadger(b)
+				ts := startServer(b, st, 0)
+				c := blockd.NewClient(ts.url, tokenFor(0, "b1"), nil)
+				f, err := os.Create(filepath.Join(b.TempDir(), "seq"))
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer f.Close()
+				var local, put time.Duration
+				b.ResetTimer()
+				for i := 0; i < b.N; i++ {
+					t0 := time.Now()
+					for j := range conc {
+						if _, err := f.Write(d.raw[i*conc+j]); err != nil {
+							b.Fatal(err)
+						}
+						if err := f.Sync(); err != nil {
+							b.Fatal(err)
+						}
+					}
+					t1 := time.Now()
+					runConcurrent(b, conc, conc, func(j int) error { return c.Put(context.Background(), d.batches[i*conc+j]) })
+					local += t1.Sub(t0)
+					put += time.Since(t1)
+				}
+				b.StopTimer()
+				mb := float64(b.N*conc*benchBatch*benchChunk) / 1e6
+				b.ReportMetric(mb/local.Seconds(), "local-MB/s")
+				b.ReportMetric(mb/put.Seconds(), "blockd-MB/s")
+				b.ReportMetric(local.Seconds()/put.Seconds(), "ratio")
+			})
+		}
+	}
 }
