@@ -29,16 +29,18 @@ func (in *inode) rebuildLocked(ctx context.Context) ([]cas.Extent, error) {
 			return nil, err
 		}
 		limit := min(w.baseLimit, plan.Manifest.Size)
+		gapEnd := limit // a gap before the first extent crossing limit reads as zeros
 		for _, e := range plan.Manifest.Extents {
 			if e.End() > limit {
+				gapEnd = min(limit, max(e.Offset, usable))
 				break
 			}
 			base = appendHoles(base, usable, e.Offset)
 			base = append(base, e)
 			usable = e.End()
 		}
-		base = appendHoles(base, usable, limit)
-		usable = max(usable, limit)
+		base = appendHoles(base, usable, gapEnd)
+		usable = max(usable, gapEnd)
 	}
 	unchanged := func(e cas.Extent) bool {
 		return e.End() <= usable && !w.dirty.overlaps(e.Offset, e.End())
