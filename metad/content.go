@@ -85,20 +85,11 @@ func (s *Service) mint(ops cas.Op, subject string, exp time.Time) (string, error
 func (s *Service) PrepareUpload(ctx context.Context, ids []cas.ChunkID) (UploadPlan, error) {
 	exp := s.now().Add(s.cfg.TokenTTL).Truncate(time.Second)
 	ids = dedupIDs(ids)
-	// Pin first, then look: GC checks pins before it starts deleting, so
-	// anything we see present after pinning stays present until exp.
-	collecting := map[cas.ChunkID]bool{}
-	s.pinMu.Lock()
-	for _, id := range ids {
-		if _, c := s.collecting[id]; c {
-			collecting[id] = true
-			continue
-		}
-		if s.pins[id].Before(exp) {
-			s.pins[id] = exp
-		}
-	}
-	s.pinMu.Unlock()
+	// Hold first, then look: GC skips held chunks and checks holds before
+	// it starts deleting, so what we see present after holding stays
+	// present; we pin it before we let go.
+	_, collecting := s.hold(ids)
+	defer s.unhold(ids)
 	var unref []cas.ChunkID
 	err := s.st.View(ctx, func(t Txn) error {
 		for _, id := range ids {
@@ -121,11 +112,15 @@ func (s *Service) PrepareUpload(ctx context.Context, ids []cas.ChunkID) (UploadP
 		return UploadPlan{}, err
 	}
 	plan := UploadPlan{Endpoints: s.Endpoints(), Expiry: exp, Missing: []MissingChunk{}}
+	s.pinMu.Lock()
 	for _, id := range ids {
 		if missing[id] || collecting[id] {
 			plan.Missing = append(plan.Missing, MissingChunk{ID: id, Endpoint: uint16(s.Place(id))})
+		} else if s.pins[id].Before(exp) {
+			s.pins[id] = exp
 		}
 	}
+	s.pinMu.Unlock()
 	if plan.Token, err = s.mint(cas.OpPut|cas.OpHas, "upload", exp); err != nil {
 		return UploadPlan{}, err
 	}
