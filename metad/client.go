@@ -114,7 +114,6 @@ type remoteError struct {
 func (e *remoteError) Error() string { return "metad: " + e.msg }
 func (e *remoteError) Unwrap() error { return e.sentinel }
 
-
 // Lookup implements Namespace.
 func (c *Client) Lookup(ctx context.Context, parent Node, name string) (Attr, error) {
 	var a Attr
