@@ -471,12 +471,15 @@ func (s *Server) handlePut(w http.ResponseWriter, r *http.Request, c cas.Claims)
 	close(batches)
 	<-storeDone
 	switch {
-	case storeErr != nil:
-		s.fail(w, r, storeErr, &stored)
-	case reqErr != nil:
+	case storeErr != nil || reqErr != nil:
+		if storeErr != nil {
+			reqErr = storeErr
+		}
 		s.fail(w, r, reqErr, &stored)
-		// Let a client that is still sending finish (up to a bound), so
-		// it reads the refusal instead of a reset connection.
+		// Send the refusal now, then read on (up to a bound) while the
+		// client, still sending, notices it and stops: it reads the
+		// refusal instead of a reset connection.
+		rc.Flush()
 		io.Copy(io.Discard, io.LimitReader(r.Body, 64<<20))
 	default:
 		s.log.Debug("put", "chunks", stored, "subject", c.Subject)

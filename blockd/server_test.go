@@ -533,3 +533,26 @@ func (f *failingList) List(ctx context.Context, fn func(blockd.ChunkInfo) error)
 		return fn(i)
 	})
 }
+
+// A refusal early in a long put reaches the client promptly: the client
+// stops sending and returns the typed error instead of a reset connection.
+func TestEarlyRefusalOfLongPut(t *testing.T) {
+	mem := blockd.NewMemStore()
+	ts := startServer(t, mem, 0)
+	c := blockd.NewClient(ts.url, tokenFor(0, "b1"), nil)
+	c.MaxRequestBytes = 1 << 30 // one request
+	good := storetest.Chunks(10, 1, 1<<20)[0]
+	bad := blockd.Chunk{ID: cas.Sum([]byte("x")), Data: good.Data}
+	batch := []blockd.Chunk{good, bad}
+	for range 150 { // 150 MiB after the bad chunk, more than the server drains
+		batch = append(batch, good)
+	}
+	start := time.Now()
+	err := c.Put(context.Background(), batch)
+	var re *blockd.RejectError
+	if !errors.As(err, &re) || re.ID != bad.ID {
+		t.Fatalf("Put = %v, want the RejectError for the second chunk", err)
+	}
+	t.Logf("refused after %v", time.Since(start))
+	storetest.CheckHolds(t, mem, batch[:1]) // the valid prefix only
+}
