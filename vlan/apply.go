@@ -87,6 +87,9 @@ type Result struct {
 	Changed Counts `json:"changed"`
 	// Phases is where the time went.
 	Phases []Phase `json:"phases"`
+	// NamespaceWait is the part of the "nodes" phase spent waiting for
+	// node namespaces to be created.
+	NamespaceWait time.Duration `json:"namespace_wait"`
 	// NetlinkBatches counts netlink round trips: batches of requests sent
 	// with one sendmsg each, whose answers were then read.
 	NetlinkBatches int `json:"netlink_batches"`
@@ -165,7 +168,12 @@ func (a *Applier) checkFault(point string) error {
 // corrected where needed, so applying a plan twice changes nothing. If Up
 // fails, it deletes every namespace and link it created before returning;
 // changes it made to objects that existed before (an address added, a
-// link brought up, a qdisc replaced) are not undone.
+// link brought up, a qdisc replaced) are not undone. When Up returns, the
+// links are up and the bridges forward.
+//
+// Node namespaces are created in the background, Parallelism at a time,
+// while the calling goroutine builds the switch side; each node is wired
+// to its LANs as soon as its namespace is ready.
 func (a *Applier) Up(ctx context.Context, p *Plan) (res *Result, err error) {
 	if p == nil {
 		return nil, errors.New("vlan: nil plan")
@@ -189,86 +197,171 @@ func (a *Applier) Up(ctx context.Context, p *Plan) (res *Result, err error) {
 			err = errors.Join(err, fmt.Errorf("rollback incomplete: %w", rerr))
 		}
 	}()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 
 	start := time.Now()
 	t := start
-	if err := tx.namespaces(ctx); err != nil {
-		return res, err
-	}
-	t = res.phase("namespaces", t)
-	if err := tx.observeExisting(); err != nil {
-		return res, err
-	}
-	t = res.phase("observe", t)
-	if err := tx.switchLinks(ctx); err != nil {
+	if err := tx.openSwitch(); err != nil {
 		return res, err
 	}
 	t = res.phase("switch", t)
-	if err := tx.nodeConfig(ctx); err != nil {
+
+	ready := make(chan nodeNS, len(p.Namespaces))
+	go tx.createNodes(ctx, ready)
+	// Runs before the rollback: wait for the workers and take every
+	// namespace they made, so none escapes the rollback.
+	defer func() {
+		cancel()
+		for n := range ready {
+			tx.addNode(n)
+		}
+	}()
+
+	bridges, err := tx.switchBase()
+	if err != nil {
 		return res, err
 	}
-	res.phase("nodes", t)
+	t = res.phase("bridges", t)
+
+	byNode := map[string][]*Veth{}
+	for i := range p.Veths {
+		v := &p.Veths[i]
+		byNode[v.Namespace] = append(byNode[v.Namespace], v)
+	}
+	for remaining := len(p.Namespaces); remaining > 0; {
+		w := time.Now()
+		n, ok := <-ready
+		res.NamespaceWait += time.Since(w)
+		if !ok {
+			if err := ctx.Err(); err != nil {
+				return res, err
+			}
+			return res, errors.New("vlan: namespace creation stopped early")
+		}
+		group := []nodeNS{n}
+	more:
+		for {
+			select {
+			case n, ok := <-ready:
+				if !ok {
+					break more
+				}
+				group = append(group, n)
+			default:
+				break more
+			}
+		}
+		remaining -= len(group)
+		hs := make([]*nsHandle, 0, len(group))
+		var errs []error
+		for _, n := range group {
+			tx.addNode(n)
+			if n.err != nil {
+				errs = append(errs, n.err)
+				continue
+			}
+			hs = append(hs, n.h)
+		}
+		if err := errors.Join(errs...); err != nil {
+			return res, err
+		}
+		if err := tx.connect(ctx, hs, bridges, byNode); err != nil {
+			return res, err
+		}
+		if err := tx.configure(ctx, hs, byNode); err != nil {
+			return res, err
+		}
+	}
+	t = res.phase("nodes", t)
+	if err := tx.syncSwitch(); err != nil {
+		return res, err
+	}
+	res.phase("sync", t)
 	a.log.Info("vlan: experiment network up", "experiment", p.Experiment, "backend", p.Backend,
 		"created", res.Created.String(), "changed", res.Changed.String(), "took", time.Since(start))
 	return res, nil
 }
 
-// namespaces creates (or opens) the switch namespace and every node
-// namespace, Parallelism at a time.
-func (tx *upTx) namespaces(ctx context.Context) error {
-	names := make([]string, 0, 1+len(tx.p.Namespaces))
-	names = append(names, tx.p.Switch)
-	for _, ns := range tx.p.Namespaces {
-		names = append(names, ns.Name)
+// openOrCreate creates namespace name or, if it exists, opens it and reads
+// its state.
+func openOrCreate(name string, setup func() error) (*nsHandle, *nsState, error) {
+	h, err := createNetns(name, setup)
+	if err == nil {
+		return h, freshState(), nil
 	}
-	handles := make([]*nsHandle, len(names))
+	if !errors.Is(err, errNsExists) {
+		return nil, nil, err
+	}
+	if h, err = openNetns(name); err != nil {
+		return nil, nil, err
+	}
+	st, err := observe(h)
+	if err != nil {
+		return h, nil, err
+	}
+	return h, st, nil
+}
+
+// openSwitch creates or opens the switch namespace.
+func (tx *upTx) openSwitch() error {
+	h, st, err := openOrCreate(tx.p.Switch, switchSysctls)
+	if h != nil {
+		tx.sw = h
+		tx.state[h] = st
+		if h.created {
+			tx.res.Created.Namespaces++
+		}
+	}
+	if err == nil && h.created {
+		err = tx.a.checkFault("netns " + h.name)
+	}
+	return err
+}
+
+// nodeNS is a node namespace, ready (or failed), from createNodes.
+type nodeNS struct {
+	h   *nsHandle
+	st  *nsState
+	err error
+}
+
+// createNodes creates or opens every node namespace, Parallelism at a
+// time, and sends each to ready; it closes ready when done. After the
+// first failure it starts no more.
+func (tx *upTx) createNodes(ctx context.Context, ready chan<- nodeNS) {
+	defer close(ready)
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(tx.a.par)
-	for i, name := range names {
+	for _, ns := range tx.p.Namespaces {
 		if gctx.Err() != nil {
 			break
-		}
-		setup := (func() error)(nil)
-		if i == 0 {
-			setup = switchSysctls
 		}
 		g.Go(func() error {
 			if err := gctx.Err(); err != nil {
 				return err
 			}
-			h, err := createNetns(name, setup)
-			if errors.Is(err, errNsExists) {
-				h, err = openNetns(name)
+			h, st, err := openOrCreate(ns.Name, nil)
+			if err == nil && h.created {
+				err = tx.a.checkFault("netns " + ns.Name)
 			}
-			handles[i] = h
-			if err != nil {
-				return err
-			}
-			if h.created {
-				return tx.a.checkFault("netns " + name)
-			}
-			return nil
+			ready <- nodeNS{h: h, st: st, err: err}
+			return err
 		})
 	}
-	err := g.Wait()
-	// Record every handle, also on failure, so rollback sees them.
-	for i, h := range handles {
-		if h == nil {
-			continue
-		}
-		if h.created {
-			tx.res.Created.Namespaces++
-		}
-		if i == 0 {
-			tx.sw = h
-		} else {
-			tx.nodes[h.name] = h
-		}
+	_ = g.Wait() // errors went to ready
+}
+
+// addNode records a namespace from createNodes.
+func (tx *upTx) addNode(n nodeNS) {
+	if n.h == nil {
+		return
 	}
-	if err == nil {
-		err = ctx.Err()
+	tx.nodes[n.h.name] = n.h
+	tx.state[n.h] = n.st
+	if n.h.created {
+		tx.res.Created.Namespaces++
 	}
-	return err
 }
 
 // switchSysctls runs inside a new switch namespace: no IPv6 there, so
@@ -284,23 +377,6 @@ func switchSysctls() error {
 	return nil
 }
 
-// observeExisting reads the state of namespaces that existed before.
-func (tx *upTx) observeExisting() error {
-	all := append([]*nsHandle{tx.sw}, tx.nodeList()...)
-	for _, h := range all {
-		if h.created {
-			tx.state[h] = freshState()
-			continue
-		}
-		st, err := observe(h)
-		if err != nil {
-			return err
-		}
-		tx.state[h] = st
-	}
-	return nil
-}
-
 func (tx *upTx) nodeList() []*nsHandle {
 	out := make([]*nsHandle, 0, len(tx.p.Namespaces))
 	for _, ns := range tx.p.Namespaces {
@@ -311,10 +387,9 @@ func (tx *upTx) nodeList() []*nsHandle {
 	return out
 }
 
-// switchLinks creates the taps, the VLAN subinterfaces, and then in one
-// batch the bridges, the veth pairs (both ends, with the node end directly
-// in its namespace) and the switch-side qdiscs.
-func (tx *upTx) switchLinks(ctx context.Context) error {
+// switchBase creates the bridges, the taps and the VLAN subinterfaces in
+// the switch namespace, and returns the bridges' indices by name.
+func (tx *upTx) switchBase() (map[string]int32, error) {
 	p, sw := tx.p, tx.sw
 	sst := tx.state[sw]
 	var msgs []nlMsg
@@ -322,7 +397,7 @@ func (tx *upTx) switchLinks(ctx context.Context) error {
 	for _, b := range p.Bridges {
 		if l := sst.links[b.Name]; l != nil {
 			if l.kind != "bridge" {
-				return fmt.Errorf("%w: %s/%s (LAN %s) exists and is a %s, not a bridge", ErrConflict, sw.name, b.Name, b.LAN, l.kind)
+				return nil, fmt.Errorf("%w: %s/%s (LAN %s) exists and is a %s, not a bridge", ErrConflict, sw.name, b.Name, b.LAN, l.kind)
 			}
 			bridges[b.Name] = l.index
 			if !l.up {
@@ -349,7 +424,7 @@ func (tx *upTx) switchLinks(ctx context.Context) error {
 		br := bridges[t.Bridge]
 		if l := sst.links[t.Name]; l != nil {
 			if l.kind != "tuntap" {
-				return fmt.Errorf("%w: %s/%s (tap of %s/%s) exists and is a %s", ErrConflict, sw.name, t.Name, t.Node, t.Interface, l.kind)
+				return nil, fmt.Errorf("%w: %s/%s (tap of %s/%s) exists and is a %s", ErrConflict, sw.name, t.Name, t.Node, t.Interface, l.kind)
 			}
 			if l.master != br || !l.up {
 				msgs = append(msgs, setLinkMsg(l.index, br, "attach tap "+t.Name))
@@ -378,58 +453,138 @@ func (tx *upTx) switchLinks(ctx context.Context) error {
 			return nil
 		})
 		if err != nil {
-			return err
+			return nil, err
 		}
 	}
 	if err := tx.createVLANs(bridges, &msgs); err != nil {
-		return err
+		return nil, err
 	}
 	if err := tx.a.checkFault("switch"); err != nil {
-		return err
+		return nil, err
 	}
+	return bridges, batchErr(sw.nl.exec(msgs))
+}
 
-	for i := range p.Veths {
-		v := &p.Veths[i]
-		node := tx.nodes[v.Namespace]
+// connect creates, in one batch in the switch namespace, the veth pairs of
+// the nodes hs (both ends, the node end directly in its namespace) and the
+// switch-side qdiscs.
+func (tx *upTx) connect(ctx context.Context, hs []*nsHandle, bridges map[string]int32, byNode map[string][]*Veth) error {
+	sw := tx.sw
+	sst := tx.state[sw]
+	var msgs []nlMsg
+	for _, node := range hs {
 		nst := tx.state[node]
-		br := bridges[v.Bridge]
-		se, ne := sst.links[v.SwitchEnd], nst.links[v.Name]
-		switch {
-		case se != nil && ne != nil && se.kind == "veth" && ne.kind == "veth" && se.peer == ne.index:
-			if se.master != br || !se.up {
-				msgs = append(msgs, setLinkMsg(se.index, br, "attach "+v.SwitchEnd))
+		for _, v := range byNode[node.name] {
+			br := bridges[v.Bridge]
+			se, ne := sst.links[v.SwitchEnd], nst.links[v.Name]
+			switch {
+			case se != nil && ne != nil && se.kind == "veth" && ne.kind == "veth" && se.peer == ne.index:
+				if se.master != br || !se.up {
+					msgs = append(msgs, setLinkMsg(se.index, br, "attach "+v.SwitchEnd))
+					tx.changed(&tx.res.Changed.Links, msgs)
+				}
+				msgs = append(msgs, tx.tbf(se, v.Rate, "switch end "+v.SwitchEnd)...)
+				continue
+			case ne != nil:
+				return fmt.Errorf("%w: %s/%s exists and is not the link to LAN %s", ErrConflict, v.Namespace, v.Name, v.LAN)
+			case se != nil:
+				// A switch end without its node end: stale (its node's
+				// namespace is gone and the kernel is destroying it);
+				// replace it.
+				del := delLinkMsg(se.index, "delete stale "+v.SwitchEnd)
+				del.okErrno = unix.ENODEV
+				msgs = append(msgs, del)
 				tx.changed(&tx.res.Changed.Links, msgs)
 			}
-			msgs = append(msgs, tx.tbf(se, v.Rate, "switch end "+v.SwitchEnd)...)
-			continue
-		case ne != nil:
-			return fmt.Errorf("%w: %s/%s exists and is not the link to LAN %s", ErrConflict, v.Namespace, v.Name, v.LAN)
-		case se != nil:
-			// A switch end without its node end: stale; replace it.
-			msgs = append(msgs, delLinkMsg(se.index, "delete stale "+v.SwitchEnd))
-			tx.changed(&tx.res.Changed.Links, msgs)
-		}
-		idx, peerIdx := tx.allocIndex(sw), tx.allocIndex(node)
-		msgs = append(msgs, newVethMsg(vethSpec{
-			name: v.SwitchEnd, index: idx, master: br,
-			peerName: v.Name, peerIndex: peerIdx, peerNsFd: node.fd, peerMAC: v.MAC,
-			description: fmt.Sprintf("%s/%s <-> %s/%s", sw.name, v.SwitchEnd, v.Namespace, v.Name),
-		}))
-		tx.created(sw, idx, "veth "+v.SwitchEnd)
-		sst.links[v.SwitchEnd] = &linkState{index: idx, kind: "veth", master: br, up: true, peer: peerIdx, created: true}
-		nst.links[v.Name] = &linkState{index: peerIdx, kind: "veth", created: true, addrs: map[netip.Prefix]bool{}}
-		if v.Rate != 0 {
-			msgs = append(msgs, newTbfMsg(tbfSpec{idx, v.Rate}, "tbf on "+v.SwitchEnd))
-			tx.res.Created.Qdiscs++
+			idx, peerIdx := tx.allocIndex(sw), tx.allocIndex(node)
+			msgs = append(msgs, newVethMsg(vethSpec{
+				name: v.SwitchEnd, index: idx, master: br,
+				peerName: v.Name, peerIndex: peerIdx, peerNsFd: node.fd, peerMAC: v.MAC,
+				description: fmt.Sprintf("%s/%s <-> %s/%s", sw.name, v.SwitchEnd, v.Namespace, v.Name),
+			}))
+			tx.created(sw, idx, "veth "+v.SwitchEnd)
+			sst.links[v.SwitchEnd] = &linkState{index: idx, kind: "veth", master: br, up: true, peer: peerIdx, created: true}
+			nst.links[v.Name] = &linkState{index: peerIdx, kind: "veth", created: true, addrs: map[netip.Prefix]bool{}}
+			if v.Rate != 0 {
+				msgs = append(msgs, newTbfMsg(tbfSpec{idx, v.Rate}, "tbf on "+v.SwitchEnd))
+				tx.res.Created.Qdiscs++
+			}
 		}
 	}
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if err := batchErr(sw.nl.exec(msgs)); err != nil {
-		return err
+	return batchErr(sw.nl.exec(msgs))
+}
+
+// configure brings up each node's loopback and interfaces, adds addresses
+// and node-side qdiscs, and settles the interfaces' carrier: one batch per
+// node namespace.
+func (tx *upTx) configure(ctx context.Context, hs []*nsHandle, byNode map[string][]*Veth) error {
+	for _, h := range hs {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		st := tx.state[h]
+		var msgs []nlMsg
+		if lo := st.links["lo"]; h.created || (lo != nil && !lo.up) {
+			idx := int32(1)
+			if lo != nil {
+				idx = lo.index
+			}
+			msgs = append(msgs, setLinkMsg(idx, 0, "bring up lo in "+h.name))
+		}
+		for _, v := range byNode[h.name] {
+			l := st.links[v.Name]
+			if !l.up {
+				msgs = append(msgs, setLinkMsg(l.index, 0, "bring up "+v.Name))
+				if !l.created {
+					tx.changed(&tx.res.Changed.Links, msgs)
+				}
+			}
+			if v.Address.IsValid() && !l.addrs[v.Address] {
+				msgs = append(msgs, newAddrMsg(l.index, toPrefixAttr(v.Address), fmt.Sprintf("add %s to %s/%s", v.Address, h.name, v.Name)))
+				tx.res.Created.Addresses++
+			}
+			msgs = append(msgs, tx.tbf(l, v.Rate, h.name+"/"+v.Name)...)
+		}
+		for _, v := range byNode[h.name] {
+			msgs = append(msgs, syncLinkMsg(st.links[v.Name].index, h.name+"/"+v.Name))
+		}
+		if err := batchErr(h.nl.exec(msgs)); err != nil {
+			return err
+		}
+		if err := tx.a.checkFault("node " + h.name); err != nil {
+			return err
+		}
 	}
 	return nil
+}
+
+// syncSwitch settles the carrier of every switch-side link, now that the
+// node ends are up, so the bridges forward before Up returns.
+func (tx *upTx) syncSwitch() error {
+	var names []string
+	for _, b := range tx.p.Bridges {
+		names = append(names, b.Name)
+	}
+	for _, v := range tx.p.Veths {
+		names = append(names, v.SwitchEnd)
+	}
+	for _, t := range tx.p.Taps {
+		names = append(names, t.Name)
+	}
+	for _, v := range tx.p.VLANs {
+		names = append(names, v.Name)
+	}
+	var msgs []nlMsg
+	sst := tx.state[tx.sw]
+	for _, n := range names {
+		if l := sst.links[n]; l != nil {
+			msgs = append(msgs, syncLinkMsg(l.index, n))
+		}
+	}
+	return batchErr(tx.sw.nl.exec(msgs))
 }
 
 // tbf returns the messages that make link l's root qdisc match rate r: a
@@ -517,76 +672,6 @@ func (tx *upTx) createVLANs(bridges map[string]int32, msgs *[]nlMsg) error {
 		}
 	}
 	return batchErr(res, err)
-}
-
-// nodeConfig brings up each node's loopback, adds addresses and installs
-// node-side qdiscs: one batch per node namespace.
-func (tx *upTx) nodeConfig(ctx context.Context) error {
-	byNode := map[string][]*Veth{}
-	for i := range tx.p.Veths {
-		v := &tx.p.Veths[i]
-		byNode[v.Namespace] = append(byNode[v.Namespace], v)
-	}
-	for _, h := range tx.nodeList() {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		st := tx.state[h]
-		var msgs []nlMsg
-		if lo := st.links["lo"]; h.created || (lo != nil && !lo.up) {
-			idx := int32(1)
-			if lo != nil {
-				idx = lo.index
-			}
-			msgs = append(msgs, setLinkMsg(idx, 0, "bring up lo in "+h.name))
-		}
-		for _, v := range byNode[h.name] {
-			l := st.links[v.Name]
-			if !l.up {
-				msgs = append(msgs, setLinkMsg(l.index, 0, "bring up "+v.Name))
-				if !l.created {
-					tx.changed(&tx.res.Changed.Links, msgs)
-				}
-			}
-			if v.Address.IsValid() && !l.addrs[v.Address] {
-				msgs = append(msgs, newAddrMsg(l.index, toPrefixAttr(v.Address), fmt.Sprintf("add %s to %s/%s", v.Address, h.name, v.Name)))
-				tx.res.Created.Addresses++
-			}
-			msgs = append(msgs, tx.tbf(l, v.Rate, h.name+"/"+v.Name)...)
-		}
-		for _, v := range byNode[h.name] {
-			msgs = append(msgs, syncLinkMsg(st.links[v.Name].index, h.name+"/"+v.Name))
-		}
-		if err := batchErr(h.nl.exec(msgs)); err != nil {
-			return err
-		}
-		if err := tx.a.checkFault("node " + h.name); err != nil {
-			return err
-		}
-	}
-	// Now that the node ends are up, settle the switch ends' carrier too,
-	// so the bridges forward before Up returns.
-	var names []string
-	for _, b := range tx.p.Bridges {
-		names = append(names, b.Name)
-	}
-	for _, v := range tx.p.Veths {
-		names = append(names, v.SwitchEnd)
-	}
-	for _, t := range tx.p.Taps {
-		names = append(names, t.Name)
-	}
-	for _, v := range tx.p.VLANs {
-		names = append(names, v.Name)
-	}
-	var msgs []nlMsg
-	sst := tx.state[tx.sw]
-	for _, n := range names {
-		if l := sst.links[n]; l != nil {
-			msgs = append(msgs, syncLinkMsg(l.index, n))
-		}
-	}
-	return batchErr(tx.sw.nl.exec(msgs))
 }
 
 // rollback deletes what this Up created: links in namespaces that existed

@@ -94,6 +94,9 @@ type nlMsg struct {
 	what string
 	// kind is the link kind a create request names, to explain EOPNOTSUPP.
 	kind string
+	// okErrno, if not zero, is an error that counts as success (ENODEV
+	// for deleting what may have vanished meanwhile).
+	okErrno syscall.Errno
 }
 
 // NLError is the kernel's refusal of one request.
@@ -204,7 +207,7 @@ func ackError(r syscall.NetlinkMessage, m nlMsg) error {
 		return &NLError{Op: m.what, Errno: unix.EPROTO, Msg: "short acknowledgement"}
 	}
 	errno := -int32(binary.NativeEndian.Uint32(r.Data[:4]))
-	if errno == 0 {
+	if errno == 0 || (m.okErrno != 0 && syscall.Errno(errno) == m.okErrno) {
 		return nil
 	}
 	e := &NLError{Op: m.what, Errno: syscall.Errno(errno)}
