@@ -11,11 +11,13 @@ import (
 	"os"
 	"sort"
 	"sync"
+	"syscall"
 	"testing"
 
 	"stasis/blockd"
 	"stasis/cas"
 	"stasis/casfs"
+	"stasis/casfs/fusefs"
 	"stasis/metad"
 )
 
@@ -229,4 +231,26 @@ func New(t testing.TB, o Options) *Env {
 		}
 	})
 	return e
+}
+
+// Mount mounts e.FS at a fresh directory and unmounts it at cleanup (lazily
+// if the mount is busy, so a failed test never leaves a mount behind).
+func (e *Env) Mount(t testing.TB, opts fusefs.Options) string {
+	t.Helper()
+	mnt := t.TempDir()
+	if opts.Logger == nil {
+		opts.Logger = Logger(t)
+	}
+	srv, err := fusefs.Mount(mnt, e.FS, opts)
+	if err != nil {
+		t.Fatalf("mount: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := srv.Unmount(); err != nil {
+			t.Logf("unmount %s: %v; detaching", mnt, err)
+			_ = syscall.Unmount(mnt, syscall.MNT_DETACH)
+		}
+		srv.Wait()
+	})
+	return mnt
 }
