@@ -104,7 +104,7 @@ func BenchmarkPut(b *testing.B) {
 				d := makeBatches(b.N, k.compressible, benchSeed.Add(1))
 				st := openBenchBadger(b)
 				ts := startServer(b, st, 0)
-				c := blockd.NewClient(ts.url, tokenFor(0, "b1"), nil)
+				c := blockd.NewClient(ts.url, tokenFor(0, "b1"), testHTTP)
 				b.SetBytes(benchBatch * benchChunk)
 				b.ResetTimer()
 				runConcurrent(b, b.N, conc, func(i int) error { return c.Put(context.Background(), d.batches[i]) })
@@ -122,7 +122,7 @@ func BenchmarkGet(b *testing.B) {
 			d := makeBatches(b.N, k.compressible, benchSeed.Add(1))
 			st := openBenchBadger(b)
 			ts := startServer(b, st, 0)
-			c := blockd.NewClient(ts.url, tokenFor(0, "b1"), nil)
+			c := blockd.NewClient(ts.url, tokenFor(0, "b1"), testHTTP)
 			for _, batch := range d.batches {
 				if err := st.Put(context.Background(), batch); err != nil {
 					b.Fatal(err)
@@ -264,7 +264,7 @@ func BenchmarkIngestVsLocal(b *testing.B) {
 				d := makeBatches(b.N*conc, k.compressible, benchSeed.Add(1))
 				st := openBenchBadger(b)
 				ts := startServer(b, st, 0)
-				c := blockd.NewClient(ts.url, tokenFor(0, "b1"), nil)
+				c := blockd.NewClient(ts.url, tokenFor(0, "b1"), testHTTP)
 				f, err := os.Create(filepath.Join(b.TempDir(), "seq"))
 				if err != nil {
 					b.Fatal(err)

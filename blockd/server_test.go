@@ -61,14 +61,14 @@ func startServer(t testing.TB, store blockd.PruneStore, batchBytes int) testServ
 func TestClientConformance(t *testing.T) {
 	storetest.Run(t, func(t *testing.T) blockd.PruneStore {
 		ts := startServer(t, blockd.NewMemStore(), 0)
-		return blockd.NewClient(ts.url, tokenFor(0, "b1"), nil)
+		return blockd.NewClient(ts.url, tokenFor(0, "b1"), testHTTP)
 	})
 }
 
 func TestClientOverBadgerConformance(t *testing.T) {
 	storetest.Run(t, func(t *testing.T) blockd.PruneStore {
 		ts := startServer(t, openBadger(t, t.TempDir()), 64<<10)
-		c := blockd.NewClient(ts.url, tokenFor(0, "b1"), nil)
+		c := blockd.NewClient(ts.url, tokenFor(0, "b1"), testHTTP)
 		c.MaxRequestBytes = 1 << 20 // several requests per large Put
 		return c
 	})
@@ -82,7 +82,7 @@ func rawPut(t *testing.T, url, token string, body io.Reader) (int, map[string]an
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := testHTTP.Do(req)
 	if err != nil {
 		t.Fatalf("put: %v", err)
 	}
@@ -188,7 +188,7 @@ func TestClientErrors(t *testing.T) {
 	mem := blockd.NewMemStore()
 	ts := startServer(t, mem, 0)
 	good := storetest.Chunks(2, 3, 2000)
-	c := blockd.NewClient(ts.url, tokenFor(0, "b1"), nil)
+	c := blockd.NewClient(ts.url, tokenFor(0, "b1"), testHTTP)
 
 	bad := blockd.Chunk{ID: good[1].ID, Data: good[0].Data}
 	err := c.Put(ctx, []blockd.Chunk{bad, good[2]})
@@ -217,7 +217,7 @@ func TestClientErrors(t *testing.T) {
 		{"op", tokenFor(cas.OpGet, "b1"), cas.ErrTokenScope},
 		{"malformed", func(cas.Op) (string, error) { return "nope", nil }, cas.ErrTokenMalformed},
 	} {
-		cc := blockd.NewClient(ts.url, tc.tok, nil)
+		cc := blockd.NewClient(ts.url, tc.tok, testHTTP)
 		if err := cc.Put(ctx, good); !errors.Is(err, tc.want) {
 			t.Errorf("%s: Put = %v, want %v", tc.name, err, tc.want)
 		}
@@ -234,7 +234,7 @@ func TestClientErrors(t *testing.T) {
 	if err := c.Put(ctx, good); err != nil {
 		t.Fatal(err)
 	}
-	putOnly := blockd.NewClient(ts.url, tokenFor(cas.OpPut|cas.OpHas|cas.OpGet, "b1"), nil)
+	putOnly := blockd.NewClient(ts.url, tokenFor(cas.OpPut|cas.OpHas|cas.OpGet, "b1"), testHTTP)
 	if err := putOnly.Delete(ctx, storetest.IDs(good)); !errors.Is(err, cas.ErrTokenScope) {
 		t.Fatalf("Delete with a put token = %v", err)
 	}
@@ -248,7 +248,7 @@ func TestGetRawAndGetMany(t *testing.T) {
 	ctx := context.Background()
 	mem := blockd.NewMemStore()
 	ts := startServer(t, mem, 0)
-	c := blockd.NewClient(ts.url, tokenFor(0, "b1"), nil)
+	c := blockd.NewClient(ts.url, tokenFor(0, "b1"), testHTTP)
 	good := storetest.Chunks(3, 5, 10000)
 	if err := c.Put(ctx, good); err != nil {
 		t.Fatal(err)
@@ -341,7 +341,7 @@ func TestPutStoreFailure(t *testing.T) {
 	mem := blockd.NewMemStore()
 	fs := faultstore.New(mem)
 	ts := startServer(t, fs, 32<<10)
-	c := blockd.NewClient(ts.url, tokenFor(0, "b1"), nil)
+	c := blockd.NewClient(ts.url, tokenFor(0, "b1"), testHTTP)
 	chunks := storetest.Chunks(6, 30, 16<<10)
 	fs.FailNth(faultstore.OpPut, 3, faultstore.ErrNoSpace, 1)
 	err := c.Put(ctx, chunks)
@@ -378,14 +378,14 @@ func TestPutStoreFailure(t *testing.T) {
 func TestHealthAndMetrics(t *testing.T) {
 	ctx := context.Background()
 	ts := startServer(t, blockd.NewMemStore(), 0)
-	c := blockd.NewClient(ts.url, tokenFor(0, "b1"), nil)
+	c := blockd.NewClient(ts.url, tokenFor(0, "b1"), testHTTP)
 	chunks := storetest.Chunks(7, 3, 4096)
 	if err := c.Put(ctx, chunks); err != nil {
 		t.Fatal(err)
 	}
 	c.Put(ctx, []blockd.Chunk{{ID: chunks[0].ID, Data: chunks[1].Data}})
 	get := func(path string) string {
-		resp, err := http.Get(ts.url + path)
+		resp, err := testHTTP.Get(ts.url + path)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -413,7 +413,7 @@ func TestHealthAndMetrics(t *testing.T) {
 		}
 	}
 	// No token, no data.
-	resp, err := http.Get(ts.url + "/v1/chunks/" + chunks[0].ID.String())
+	resp, err := testHTTP.Get(ts.url + "/v1/chunks/" + chunks[0].ID.String())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -452,7 +452,7 @@ func TestBadRequests(t *testing.T) {
 	} {
 		req, _ := http.NewRequest(tc.method, ts.url+tc.path, strings.NewReader(tc.body))
 		req.Header.Set("Authorization", "Bearer "+tok)
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := testHTTP.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -472,7 +472,7 @@ func TestConcurrentClients(t *testing.T) {
 	var wg sync.WaitGroup
 	for g := range 6 {
 		wg.Go(func() {
-			c := blockd.NewClient(ts.url, tokenFor(0, "b1"), nil)
+			c := blockd.NewClient(ts.url, tokenFor(0, "b1"), testHTTP)
 			c.MaxRequestBytes = 256 << 10
 			if err := c.Put(ctx, chunks[g*8:g*8+24]); err != nil {
 				t.Error(err)
@@ -490,7 +490,7 @@ func TestStreamAborts(t *testing.T) {
 	mem := blockd.NewMemStore()
 	fs := faultstore.New(mem)
 	ts := startServer(t, fs, 0)
-	c := blockd.NewClient(ts.url, tokenFor(0, "b1"), nil)
+	c := blockd.NewClient(ts.url, tokenFor(0, "b1"), testHTTP)
 	chunks := storetest.Chunks(9, 3000, 64) // a listing longer than one 64 KiB write
 	if err := c.Put(ctx, chunks); err != nil {
 		t.Fatal(err)
@@ -510,7 +510,7 @@ func TestStreamAborts(t *testing.T) {
 	// List: fail the store's List after it has produced a first page.
 	broken := &failingList{PruneStore: mem, after: 2500}
 	ts2 := startServer(t, broken, 0)
-	c2 := blockd.NewClient(ts2.url, tokenFor(0, "b1"), nil)
+	c2 := blockd.NewClient(ts2.url, tokenFor(0, "b1"), testHTTP)
 	n = 0
 	err = c2.List(ctx, func(blockd.ChunkInfo) error { n++; return nil })
 	if err == nil || n >= 3000 {
@@ -539,7 +539,7 @@ func (f *failingList) List(ctx context.Context, fn func(blockd.ChunkInfo) error)
 func TestEarlyRefusalOfLongPut(t *testing.T) {
 	mem := blockd.NewMemStore()
 	ts := startServer(t, mem, 0)
-	c := blockd.NewClient(ts.url, tokenFor(0, "b1"), nil)
+	c := blockd.NewClient(ts.url, tokenFor(0, "b1"), testHTTP)
 	c.MaxRequestBytes = 1 << 30 // one request
 	good := storetest.Chunks(10, 1, 1<<20)[0]
 	bad := blockd.Chunk{ID: cas.Sum([]byte("x")), Data: good.Data}
@@ -556,3 +556,7 @@ func TestEarlyRefusalOfLongPut(t *testing.T) {
 	t.Logf("refused after %v", time.Since(start))
 	storetest.CheckHolds(t, mem, batch[:1]) // the valid prefix only
 }
+
+// testHTTP bounds every test request, so a hung server fails the test
+// instead of stalling the suite.
+var testHTTP = &http.Client{Timeout: time.Minute}

@@ -78,7 +78,7 @@ func start(t *testing.T, data, secret string) *daemon {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	resp, err := http.Get("http://" + d.addr + "/healthz")
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Get("http://" + d.addr + "/healthz")
 	if err != nil {
 		t.Fatalf("healthz: %v", err)
 	}
@@ -171,7 +171,7 @@ func TestKillDuringPuts(t *testing.T) {
 	t.Logf("killed after %d chunks acknowledged, %d sent", len(acked), sent.Load())
 
 	d2 := start(t, data, secret)
-	c := blockd.NewClient("http://"+d2.addr, tokens(keys), nil)
+	c := blockd.NewClient("http://"+d2.addr, tokens(keys), &http.Client{Timeout: time.Minute})
 	for _, ch := range acked {
 		if _, err := c.GetRaw(ctx, nil, ch.ID); err != nil {
 			t.Fatalf("acknowledged chunk %s after restart: %v", ch.ID.Short(), err)
@@ -198,7 +198,7 @@ func TestGracefulShutdown(t *testing.T) {
 	secret, keys := writeSecret(t)
 	data := t.TempDir()
 	d := start(t, data, secret)
-	c := blockd.NewClient("http://"+d.addr, tokens(keys), nil)
+	c := blockd.NewClient("http://"+d.addr, tokens(keys), &http.Client{Timeout: time.Minute})
 	chunks := storetest.Chunks(1, 4, 1000)
 	if err := c.Put(context.Background(), chunks); err != nil {
 		t.Fatal(err)
@@ -213,7 +213,7 @@ func TestGracefulShutdown(t *testing.T) {
 		t.Fatal("no exit after SIGTERM")
 	}
 	d2 := start(t, data, secret)
-	c2 := blockd.NewClient("http://"+d2.addr, tokens(keys), nil)
+	c2 := blockd.NewClient("http://"+d2.addr, tokens(keys), &http.Client{Timeout: time.Minute})
 	if m, err := c2.Missing(context.Background(), storetest.IDs(chunks)); err != nil || len(m) != 0 {
 		t.Fatalf("after restart: missing %d, %v", len(m), err)
 	}
