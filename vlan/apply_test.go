@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 )
 
 // Ping works inside a LAN and fails across LANs, even when both LANs use
@@ -72,8 +74,27 @@ func TestExperimentsIsolated(t *testing.T) {
 	requireRoot(t)
 	a := newTestApplier(t)
 	expA, expB := uniqueExp(t), uniqueExp(t)
-	pa, _ := upTopology(t, a, lanTopology(expA, []string{"10.8.0.1/24", "10.8.0.2/24"}, []string{"lan", "lan"}))
-	pb, _ := upTopology(t, a, lanTopology(expB, []string{"10.8.0.1/24", "10.8.0.2/24", "10.8.0.3/24"}, []string{"lan", "lan", "lan"}))
+	pa, err := NewPlan(lanTopology(expA, []string{"10.8.0.1/24", "10.8.0.2/24"}, []string{"lan", "lan"}), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pb, err := NewPlan(lanTopology(expB, []string{"10.8.0.1/24", "10.8.0.2/24", "10.8.0.3/24"}, []string{"lan", "lan", "lan"}), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cleanupExperiment(t, a, expA)
+	cleanupExperiment(t, a, expB)
+	// Both at once, through one Applier.
+	var g errgroup.Group
+	for _, p := range []*Plan{pa, pb} {
+		g.Go(func() error {
+			_, err := a.Up(context.Background(), p)
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		t.Fatal(err)
+	}
 	if pa.Bridges[0].Name != pb.Bridges[0].Name {
 		t.Fatalf("the experiments should reuse bridge names too")
 	}
@@ -461,4 +482,31 @@ func TestDownAfterCrash(t *testing.T) {
 	if _, err := a.Down(context.Background(), "a-b"); !errors.Is(err, ErrBadName) {
 		t.Errorf("Down(a-b): %v, want ErrBadName", err)
 	}
+}
+
+// A cancelled context stops Up, which then removes what it made.
+func TestUpCancelled(t *testing.T) {
+	requireRoot(t)
+	a := newTestApplier(t)
+	exp := uniqueExp(t)
+	cleanupExperiment(t, a, exp)
+	before := hostLinks(t)
+	p, err := NewPlan(benchTopology(exp, 20), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	n := 0
+	a.fault = func(point string) error {
+		if strings.HasPrefix(point, "node ") {
+			if n++; n == 3 {
+				cancel()
+			}
+		}
+		return nil
+	}
+	if _, err := a.Up(ctx, p); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Up: %v, want context.Canceled", err)
+	}
+	assertGone(t, exp, before)
 }

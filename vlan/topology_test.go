@@ -160,6 +160,8 @@ func TestDecode(t *testing.T) {
 		{"wrong type", strings.Replace(good, `"vlan": 7`, `"vlan": "7"`, 1), "line 8"},
 		{"bad rate", strings.Replace(good, `"100mbit"`, `"fast"`, 1), `rate "fast"`},
 		{"trailing data", good + "{}", "trailing data"},
+		{"truncated", good[:len(good)/2], "unexpected EOF"},
+		{"empty", "", "EOF"},
 		{"invalid topology", strings.Replace(good, `"node": "b"`, `"node": "c"`, 1), "unknown node"},
 	}
 	for _, c := range bad {
