@@ -63,7 +63,7 @@ func randBytes(seed uint64, n int) []byte {
 
 func TestParallelWritersReaders(t *testing.T) {
 	_, mnt := mount(t, testenv.Options{})
-	const files, size = 8, 3<<20
+	const files, size = 8, 3 << 20
 	var wg sync.WaitGroup
 	errs := make(chan error, 2*files)
 	for i := range files {

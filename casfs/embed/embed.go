@@ -1,0 +1,103 @@
+// Package embed runs casfs's backends in-process: a metad Service and a
+// blockd badger store under one data directory, for `casfs mount --data`.
+//
+// Layout of the data directory:
+//
+//	DIR/meta/     metad's badger database
+//	DIR/blocks/   blockd's badger database (encoded chunks)
+//	DIR/staging/  casfs spill files for random writes (always empty at rest)
+//	DIR/secret    token signing key (created on first use, mode 0600)
+package embed
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+
+	"stasis/blockd"
+	"stasis/cas"
+	"stasis/casfs"
+	"stasis/metad"
+)
+
+// Config configures the embedded stores.
+type Config struct {
+	// Dir is the data directory; created if missing.
+	Dir string
+	// Logger; nil discards.
+	Logger *slog.Logger
+	// Policy is metad's default chunker policy (zero: metad's default).
+	Policy cas.Policy
+	// NoSync turns off metad's fsync per transaction (faster; a commit
+	// then survives a process crash but not a power loss). blockd always
+	// syncs chunk puts.
+	NoSync bool
+	// Small shrinks badger's memory (tests, small machines).
+	Small bool
+}
+
+// Stores are the running embedded backends.
+type Stores struct {
+	Meta       *metad.Service
+	Blocks     *blockd.BadgerStore
+	Transport  casfs.Transport
+	StagingDir string
+}
+
+// Open opens (or creates) the stores under cfg.Dir.
+func Open(cfg Config) (*Stores, error) {
+	if cfg.Dir == "" {
+		return nil, errors.New("embed: Dir is required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	staging := filepath.Join(cfg.Dir, "staging")
+	if err := os.MkdirAll(staging, 0o700); err != nil {
+		return nil, err
+	}
+	kr, err := loadSecret(filepath.Join(cfg.Dir, "secret"))
+	if err != nil {
+		return nil, err
+	}
+	blocks, err := blockd.OpenBadger(blockd.BadgerConfig{Dir: filepath.Join(cfg.Dir, "blocks"), Logger: cfg.Logger, Small: cfg.Small})
+	if err != nil {
+		return nil, fmt.Errorf("embed: block store: %w", err)
+	}
+	bo := metad.BadgerOptions{SyncWrites: !cfg.NoSync, Logger: cfg.Logger}
+	if cfg.Small {
+		bo.MemTableSize, bo.BlockCacheSize, bo.IndexCacheSize, bo.ValueLogFileSize = 16<<20, 4<<20, 2<<20, 16<<20
+	}
+	meta, err := metad.Open(metad.Config{
+		Dir:           filepath.Join(cfg.Dir, "meta"),
+		Badger:        bo,
+		Keyring:       kr,
+		Blocks:        []metad.BlockBackend{{Endpoint: metad.Endpoint{Name: "local", URL: "inproc:"}, Store: blocks}},
+		DefaultPolicy: cfg.Policy,
+		Logger:        cfg.Logger,
+	})
+	if err != nil {
+		blocks.Close()
+		return nil, fmt.Errorf("embed: metadata store: %w", err)
+	}
+	return &Stores{Meta: meta, Blocks: blocks, Transport: casfs.StoreTransport{Store: blocks}, StagingDir: staging}, nil
+}
+
+// Close closes metad, then the block store.
+func (s *Stores) Close() error {
+	return errors.Join(s.Meta.Close(), s.Blocks.Close())
+}
+
+func loadSecret(path string) (*cas.Keyring, error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		b = cas.NewSecretFile(1)
+		err = os.WriteFile(path, b, 0o600)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("embed: secret: %w", err)
+	}
+	return cas.ParseKeyring(b)
+}
