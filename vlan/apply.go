@@ -80,11 +80,14 @@ type Phase struct {
 
 // Result reports what Up or Down did.
 type Result struct {
-	// Created counts objects created (by Up) or deleted (by Down).
+	// Created counts objects Up created.
 	Created Counts `json:"created"`
 	// Changed counts existing objects Up corrected (brought up, moved to
 	// the right bridge, a qdisc replaced).
 	Changed Counts `json:"changed"`
+	// Removed counts what Down deleted: namespaces, and the 802.1Q
+	// subinterfaces it deleted one by one.
+	Removed Counts `json:"removed"`
 	// Phases is where the time went.
 	Phases []Phase `json:"phases"`
 	// NamespaceWait is the part of the "nodes" phase spent waiting for

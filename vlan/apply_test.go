@@ -55,8 +55,8 @@ func TestPingInsideLANNotAcross(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if down.Created.Namespaces != 5 {
-		t.Errorf("Down removed %d namespaces, want 5", down.Created.Namespaces)
+	if down.Removed.Namespaces != 5 {
+		t.Errorf("Down removed %d namespaces, want 5", down.Removed.Namespaces)
 	}
 	assertGone(t, exp, before)
 	st, err = a.Show(ctx, p)
@@ -468,8 +468,8 @@ func TestDownAfterCrash(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Created.Namespaces != 3 {
-		t.Errorf("Down removed %d namespaces, want 3", res.Created.Namespaces)
+	if res.Removed.Namespaces != 3 {
+		t.Errorf("Down removed %d namespaces, want 3", res.Removed.Namespaces)
 	}
 	assertGone(t, exp, before)
 	if names, _ := experimentNamespaces(other); len(names) != 1 {

@@ -33,7 +33,7 @@ func (a *Applier) Down(ctx context.Context, exp string) (*Result, error) {
 	for _, n := range names {
 		if n == SwitchNamespace(exp) {
 			k, err := deleteVLANLinks(n)
-			res.Created.Links += k
+			res.Removed.Links += k
 			if err != nil {
 				errs = append(errs, err)
 			}
@@ -49,10 +49,10 @@ func (a *Applier) Down(ctx context.Context, exp string) (*Result, error) {
 			errs = append(errs, err)
 			continue
 		}
-		res.Created.Namespaces++
+		res.Removed.Namespaces++
 	}
 	res.phase("namespaces", t)
-	a.log.Info("vlan: experiment network down", "experiment", exp, "namespaces", res.Created.Namespaces)
+	a.log.Info("vlan: experiment network down", "experiment", exp, "namespaces", res.Removed.Namespaces)
 	return res, errors.Join(errs...)
 }
 

@@ -190,7 +190,7 @@ func printResult(opts *netOptions, verb, exp string, res *vlan.Result, took time
 		}{exp, took, res})
 	}
 	if verb == "down" {
-		_, err := fmt.Fprintf(opts.out, "%s: down in %v: removed %d namespaces\n", exp, took.Round(time.Microsecond), res.Created.Namespaces)
+		_, err := fmt.Fprintf(opts.out, "%s: down in %v: removed %d namespaces\n", exp, took.Round(time.Microsecond), res.Removed.Namespaces)
 		return err
 	}
 	fmt.Fprintf(opts.out, "%s: up in %v: created %s; corrected %s; %d netlink round trips\n",
