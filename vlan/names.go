@@ -3,7 +3,6 @@ package vlan
 import (
 	"crypto/sha256"
 	"encoding/hex"
-	"net"
 	"strconv"
 )
 
@@ -50,9 +49,9 @@ func vlanName(id int) string                  { return "vlan" + strconv.Itoa(id)
 // nodeMAC derives a stable, locally administered unicast MAC for a node
 // interface. The experiment is part of the hash, so two experiments that
 // reuse node names still differ on the wire.
-func nodeMAC(exp, node, iface string) net.HardwareAddr {
+func nodeMAC(exp, node, iface string) MAC {
 	h := sha256.Sum256([]byte("mac\x00" + exp + "\x00" + node + "\x00" + iface))
-	mac := net.HardwareAddr(h[:6])
+	mac := MAC(h[:6])
 	mac[0] = (mac[0] | 0x02) &^ 0x01
 	return mac
 }

@@ -13,81 +13,100 @@ import (
 // It is computed by NewPlan without touching the system, so it can be
 // inspected and tested without root; an [Applier] executes it.
 type Plan struct {
-	Experiment string
-	Backend    Backend
+	Experiment string  `json:"experiment"`
+	Backend    Backend `json:"backend"`
 	// Host is the host this plan is for ("" for the local one).
-	Host string
+	Host string `json:"host,omitempty"`
 	// Switch is the switch namespace holding bridges, switch ends of veth
 	// pairs, taps and VLAN subinterfaces.
-	Switch string
+	Switch string `json:"switch"`
 	// Namespaces are the netns nodes' namespaces, one per node.
-	Namespaces []Namespace
+	Namespaces []Namespace `json:"namespaces,omitempty"`
 	// Bridges are one per LAN with a member on this host.
-	Bridges []Bridge
+	Bridges []Bridge `json:"bridges"`
 	// Veths connect netns nodes to their LAN's bridge.
-	Veths []Veth
+	Veths []Veth `json:"veths,omitempty"`
 	// Taps attach tap nodes (QEMU guests) to their LAN's bridge.
-	Taps []Tap
+	Taps []Tap `json:"taps,omitempty"`
 	// VLANs are the dot1q backend's trunk subinterfaces, one per LAN.
-	VLANs []VLANPort
+	VLANs []VLANPort `json:"vlans,omitempty"`
 }
 
 // Namespace is a netns node's network namespace.
 type Namespace struct {
-	Node string
-	Name string
+	Node string `json:"node"`
+	Name string `json:"name"`
 }
 
 // Bridge is a LAN's bridge in the switch namespace.
 type Bridge struct {
-	LAN  string
-	Name string
-	VLAN int
+	LAN  string `json:"lan"`
+	Name string `json:"name"`
+	VLAN int    `json:"vlan,omitempty"`
 }
 
 // Veth is a link from a netns node into its LAN: a veth pair with one end,
 // Name, inside the node's namespace and the other, SwitchEnd, a port of
 // Bridge in the switch namespace.
 type Veth struct {
-	LAN       string
-	Node      string
-	Namespace string
+	LAN       string `json:"lan"`
+	Node      string `json:"node"`
+	Namespace string `json:"namespace"`
 	// Name is the interface name inside the node (the topology's name).
-	Name      string
-	SwitchEnd string
-	Bridge    string
-	MAC       net.HardwareAddr
+	Name      string `json:"name"`
+	SwitchEnd string `json:"switch_end"`
+	Bridge    string `json:"bridge"`
+	MAC       MAC    `json:"mac"`
 	// Address is configured on Name; invalid (zero) when there is none.
-	Address netip.Prefix
+	Address netip.Prefix `json:"address,omitzero"`
 	// Rate, if not zero, is enforced by a tbf qdisc on both ends.
-	Rate Rate
+	Rate Rate `json:"rate,omitempty"`
 }
 
 // Tap is a persistent tap device in the switch namespace through which a
 // QEMU guest's NIC joins its LAN.
 type Tap struct {
-	LAN       string
-	Node      string
-	Interface string
-	Name      string
-	Bridge    string
+	LAN       string `json:"lan"`
+	Node      string `json:"node"`
+	Interface string `json:"interface"`
+	Name      string `json:"name"`
+	Bridge    string `json:"bridge"`
 	// MAC is the address the guest NIC should use (QEMU's mac=).
-	MAC net.HardwareAddr
+	MAC MAC `json:"mac"`
 	// Address is the guest's address from the topology (informational).
-	Address netip.Prefix
+	Address netip.Prefix `json:"address,omitzero"`
 	// Rate, if not zero, is enforced towards the guest.
-	Rate Rate
+	Rate Rate `json:"rate,omitempty"`
+}
+
+// MAC is an Ethernet address; its text (and JSON) form is
+// "02:ab:cd:ef:01:23".
+type MAC net.HardwareAddr
+
+func (m MAC) String() string { return net.HardwareAddr(m).String() }
+
+// MarshalText implements encoding.TextMarshaler.
+func (m MAC) MarshalText() ([]byte, error) { return []byte(m.String()), nil }
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (m *MAC) UnmarshalText(b []byte) error {
+	hw, err := net.ParseMAC(string(b))
+	if err != nil {
+		return err
+	}
+	*m = MAC(hw)
+	return nil
 }
 
 // VLANPort is an 802.1Q subinterface of the trunk carrying one LAN to
 // other hosts; it is created on Trunk in the host namespace, lives in the
 // switch namespace and is a port of Bridge.
 type VLANPort struct {
-	LAN    string
-	ID     int
-	Trunk  string
-	Name   string
-	Bridge string
+	LAN    string `json:"lan"`
+	ID     int    `json:"id"`
+	Trunk  string `json:"trunk"`
+	Name   string `json:"name"`
+	Bridge string `json:"bridge"`
 }
 
 // ErrNoLocalNodes is returned by NewPlan when the topology has no node on
@@ -147,7 +166,8 @@ func NewPlan(t *Topology, host string) (*Plan, error) {
 			ifc := n.iface(m.Interface)
 			mac := nodeMAC(t.Experiment, n.Name, ifc.Name)
 			if ifc.MAC != "" {
-				mac, _ = net.ParseMAC(ifc.MAC) // checked by Validate
+				hw, _ := net.ParseMAC(ifc.MAC) // checked by Validate
+				mac = MAC(hw)
 			}
 			var addr netip.Prefix
 			if ifc.Address != "" {

@@ -13,7 +13,7 @@ import (
 
 // arpRequest builds an Ethernet frame asking who has target, from
 // (mac, ip).
-func arpRequest(mac net.HardwareAddr, ip, target netip.Addr) []byte {
+func arpRequest(mac MAC, ip, target netip.Addr) []byte {
 	f := make([]byte, 0, 42)
 	f = append(f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff)
 	f = append(f, mac...)
