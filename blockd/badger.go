@@ -45,6 +45,13 @@ type BadgerConfig struct {
 	// file that must be garbage before it is rewritten (default 0.5).
 	GCInterval     time.Duration
 	GCDiscardRatio float64
+	// MinFreeBytes is the free space Put leaves on the file system
+	// (default 256 MiB, 32 MiB when Small). Badger writes values through
+	// a memory map, and a write into a mapped file on a full file system
+	// kills the process with SIGBUS; so Put refuses (ErrNoSpace) a batch
+	// that would leave less than this free, counting the batches of
+	// concurrent Puts still being written. Negative disables the check.
+	MinFreeBytes int64
 }
 
 // Validate checks the config and fills defaults.
@@ -64,6 +71,12 @@ func (c *BadgerConfig) Validate() error {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
+	if c.MinFreeBytes == 0 {
+		c.MinFreeBytes = 256 << 20
+		if c.Small {
+			c.MinFreeBytes = 32 << 20
+		}
+	}
 	return nil
 }
 
@@ -80,6 +93,11 @@ type BadgerStore struct {
 
 	statsMu sync.Mutex
 	stats   Stats
+
+	dir      string
+	minFree  int64
+	spaceMu  sync.Mutex
+	inflight int64 // bytes of Puts being written, reserved against free space
 }
 
 var (
@@ -121,7 +139,7 @@ func OpenBadger(cfg BadgerConfig) (*BadgerStore, error) {
 	if err != nil {
 		return nil, fmt.Errorf("blockd: open badger in %s: %w", cfg.Dir, err)
 	}
-	s := &BadgerStore{db: db, log: cfg.Logger, done: make(chan struct{})}
+	s := &BadgerStore{db: db, log: cfg.Logger, done: make(chan struct{}), dir: cfg.Dir, minFree: cfg.MinFreeBytes}
 	s.gs = newGroupSync(db.Sync)
 	if err := s.count(); err != nil {
 		db.Close()
@@ -278,6 +296,11 @@ func (s *BadgerStore) Put(ctx context.Context, chunks []Chunk) error {
 		return err
 	}
 	defer s.leave()
+	release, err := s.reserve(chunks)
+	if err != nil {
+		return err
+	}
+	defer release()
 	for len(chunks) > 0 {
 		n, err := s.putTxn(chunks)
 		if err != nil {
@@ -289,6 +312,35 @@ func (s *BadgerStore) Put(ctx context.Context, chunks []Chunk) error {
 		return s.wrapErr("sync", err)
 	}
 	return nil
+}
+
+// reserve claims space for a batch, or refuses it with ErrNoSpace if the
+// file system would be left with less than minFree bytes.
+func (s *BadgerStore) reserve(chunks []Chunk) (release func(), err error) {
+	if s.minFree < 0 {
+		return func() {}, nil
+	}
+	var need int64
+	for _, c := range chunks {
+		need += int64(len(c.Data)) + 64 // value plus key, header and pointer
+	}
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(s.dir, &st); err != nil {
+		return nil, fmt.Errorf("blockd: statfs %s: %w", s.dir, err)
+	}
+	free := int64(st.Bavail) * int64(st.Bsize)
+	s.spaceMu.Lock()
+	defer s.spaceMu.Unlock()
+	if free-s.inflight-need < s.minFree {
+		return nil, fmt.Errorf("blockd: put of %d bytes: %d bytes free, %d being written, %d kept free: %w (%w)",
+			need, free, s.inflight, s.minFree, ErrNoSpace, syscall.ENOSPC)
+	}
+	s.inflight += need
+	return func() {
+		s.spaceMu.Lock()
+		s.inflight -= need
+		s.spaceMu.Unlock()
+	}, nil
 }
 
 // putTxn commits a prefix of chunks in one transaction and returns its length.

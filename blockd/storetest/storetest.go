@@ -7,6 +7,7 @@ package storetest
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -49,10 +50,11 @@ func Chunks(seed uint64, n, size int) []blockd.Chunk {
 	r := rand.New(rand.NewPCG(seed, 77))
 	out := make([]blockd.Chunk, n)
 	for i := range out {
-		raw := make([]byte, size)
-		for j := range raw {
-			raw[j] = byte(r.Uint32())
+		raw := make([]byte, (size+7)&^7)
+		for j := 0; j < len(raw); j += 8 {
+			binary.LittleEndian.PutUint64(raw[j:], r.Uint64())
 		}
+		raw = raw[:size]
 		if i%2 == 0 {
 			for j := range raw {
 				raw[j] &= 3 // compressible

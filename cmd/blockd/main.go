@@ -32,6 +32,7 @@ type serveOptions struct {
 	logLevel   string
 	small      bool
 	gcInterval time.Duration
+	minFree    int64
 }
 
 func newRootCmd() *cobra.Command {
@@ -71,6 +72,7 @@ gracefully: in-flight requests finish, then the database is closed.`,
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.BoolVar(&o.small, "small", false, "use small badger caches and memtables (tests, small machines)")
 	f.DurationVar(&o.gcInterval, "gc-interval", 10*time.Minute, "value-log GC period (negative disables)")
+	f.Int64Var(&o.minFree, "min-free", 256<<20, "bytes to keep free on the data file system; puts beyond it get 507 (badger writes through mmap, and a full disk would crash it)")
 	cmd.AddCommand(newKeygenCmd())
 	return cmd
 }
@@ -114,7 +116,7 @@ func runServe(ctx context.Context, o serveOptions) error {
 	defer ln.Close()
 
 	store, err := blockd.OpenBadger(blockd.BadgerConfig{Dir: o.data, Logger: log.With("component", "badger"),
-		Small: o.small, GCInterval: o.gcInterval})
+		Small: o.small, GCInterval: o.gcInterval, MinFreeBytes: o.minFree})
 	if err != nil {
 		return err
 	}
