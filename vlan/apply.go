@@ -296,7 +296,19 @@ func openOrCreate(name string, setup func() error) (*nsHandle, *nsState, error) 
 	if !errors.Is(err, errNsExists) {
 		return nil, nil, err
 	}
-	if h, err = openNetns(name); err != nil {
+	h, err = openNetns(name)
+	if errors.Is(err, errNsStale) {
+		// Left by a crash between creating and mounting: replace it.
+		if err := deleteNetns(name); err != nil {
+			return nil, nil, err
+		}
+		h, err = createNetns(name, setup)
+		if err != nil {
+			return nil, nil, err
+		}
+		return h, freshState(), nil
+	}
+	if err != nil {
 		return nil, nil, err
 	}
 	st, err := observe(h)

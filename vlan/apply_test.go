@@ -3,7 +3,9 @@ package vlan
 import (
 	"context"
 	"errors"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
@@ -458,6 +460,10 @@ func TestDownAfterCrash(t *testing.T) {
 			t.Fatalf("%v: %v: %s", cmd, err, out)
 		}
 	}
+	// And a crash between creating a namespace's file and mounting it.
+	if err := os.WriteFile(filepath.Join(netnsDir, NodeNamespace(exp, "c")), nil, 0o444); err != nil {
+		t.Fatal(err)
+	}
 	// Another experiment whose name extends this one's is not touched.
 	other := exp + "x"
 	cleanupExperiment(t, a, other)
@@ -468,8 +474,8 @@ func TestDownAfterCrash(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Removed.Namespaces != 3 {
-		t.Errorf("Down removed %d namespaces, want 3", res.Removed.Namespaces)
+	if res.Removed.Namespaces != 4 {
+		t.Errorf("Down removed %d namespaces, want 4", res.Removed.Namespaces)
 	}
 	assertGone(t, exp, before)
 	if names, _ := experimentNamespaces(other); len(names) != 1 {
@@ -509,4 +515,37 @@ func TestUpCancelled(t *testing.T) {
 		t.Fatalf("Up: %v, want context.Canceled", err)
 	}
 	assertGone(t, exp, before)
+}
+
+// An empty file where a namespace should be mounted (a crash between
+// creating and mounting it) is replaced, not an error.
+func TestUpReplacesStaleNamespaceFile(t *testing.T) {
+	requireRoot(t)
+	a := newTestApplier(t)
+	exp := uniqueExp(t)
+	cleanupExperiment(t, a, exp)
+	if err := prepareNetnsDir(); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{SwitchNamespace(exp), NodeNamespace(exp, "n1")} {
+		if err := os.WriteFile(filepath.Join(netnsDir, n), nil, 0o444); err != nil {
+			t.Fatal(err)
+		}
+	}
+	topo := lanTopology(exp, []string{"10.11.0.1/24", "10.11.0.2/24"}, []string{"x", "x"})
+	plan, err := NewPlan(topo, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := a.Show(context.Background(), plan)
+	if err != nil || st.Missing() != len(st.Objects) {
+		t.Errorf("Show over stale files: %v, %d of %d missing", err, st.Missing(), len(st.Objects))
+	}
+	p, res := upTopology(t, a, topo)
+	if res.Created.Namespaces != 3 {
+		t.Errorf("created %s, want 3 namespaces", res.Created)
+	}
+	if err := pingOnce(p.Namespaces[0].Name, "10.11.0.2"); err != nil {
+		t.Error(err)
+	}
 }

@@ -60,7 +60,7 @@ func (a *Applier) Down(ctx context.Context, exp string) (*Result, error) {
 func deleteVLANLinks(name string) (int, error) {
 	h, err := openNetns(name)
 	if err != nil {
-		if errors.Is(err, unix.ENOENT) {
+		if errors.Is(err, unix.ENOENT) || errors.Is(err, errNsStale) {
 			return 0, nil
 		}
 		return 0, err

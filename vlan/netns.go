@@ -116,11 +116,20 @@ func createNetns(name string, setup func() error) (h *nsHandle, err error) {
 	return h, nil
 }
 
+// errNsStale reports a name in netnsDir that is not a namespace: the
+// empty file a crash between creating and mounting it leaves.
+var errNsStale = errors.New("not a mounted namespace")
+
 // openNetns opens the existing named namespace name.
 func openNetns(name string) (*nsHandle, error) {
 	fd, err := unix.Open(filepath.Join(netnsDir, name), unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("open netns %s: %w", name, err)
+	}
+	var sfs unix.Statfs_t
+	if err := unix.Fstatfs(fd, &sfs); err != nil || sfs.Type != unix.NSFS_MAGIC {
+		unix.Close(fd)
+		return nil, fmt.Errorf("open netns %s: %w", name, errNsStale)
 	}
 	h := &nsHandle{name: name, fd: fd}
 	err = inNetns(fd, func() (err error) {

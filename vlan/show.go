@@ -2,6 +2,7 @@ package vlan
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"text/tabwriter"
@@ -80,6 +81,9 @@ func (a *Applier) Show(ctx context.Context, p *Plan) (*Status, error) {
 			return nil
 		}
 		h, err := openNetns(name)
+		if errors.Is(err, errNsStale) {
+			return nil // shown as missing
+		}
 		if err != nil {
 			return err
 		}
