@@ -260,14 +260,27 @@ func testListDuringDelete(t *testing.T, s blockd.PruneStore) {
 		byID[c.ID] = c
 	}
 	i := 0
+	var doomed []cas.ChunkID
 	err := s.List(ctx, func(info blockd.ChunkInfo) error {
 		i++
-		if i%2 == 0 {
-			return s.Delete(ctx, []cas.ChunkID{info.ID})
+		if i%2 == 1 {
+			keep = append(keep, byID[info.ID])
+			return nil
 		}
-		keep = append(keep, byID[info.ID])
+		// Delete in batches, as a collector does, including chunks
+		// not yet listed by this pass (the listing may or may not
+		// include them; it must not fail or repeat).
+		doomed = append(doomed, info.ID)
+		if len(doomed) == 64 {
+			err := s.Delete(ctx, doomed)
+			doomed = doomed[:0]
+			return err
+		}
 		return nil
 	})
+	if err == nil {
+		err = s.Delete(ctx, doomed)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
