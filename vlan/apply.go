@@ -150,7 +150,9 @@ func (tx *upTx) allocIndex(h *nsHandle) int32 {
 	return i
 }
 
-// created notes a link created in h, for rollback.
+// created notes a link created in h, for rollback. It is called only for
+// links the kernel confirmed, so a rollback never deletes a link that
+// some other creator got first.
 func (tx *upTx) created(h *nsHandle, index int32, what string) {
 	tx.res.Created.Links++
 	if !h.created {
@@ -423,9 +425,10 @@ func (tx *upTx) switchBase() (map[string]int32, error) {
 		}
 		idx := tx.allocIndex(sw)
 		bridges[b.Name] = idx
-		msgs = append(msgs, newBridgeMsg(b.Name, idx))
+		m := newBridgeMsg(b.Name, idx)
+		m.onOK = func() { tx.created(sw, idx, "bridge "+b.Name) }
+		msgs = append(msgs, m)
 		sst.links[b.Name] = &linkState{index: idx, kind: "bridge", up: true, created: true}
-		tx.created(sw, idx, "bridge "+b.Name)
 	}
 
 	// Taps: ioctls from a thread in the switch namespace, then enslaved
@@ -512,12 +515,13 @@ func (tx *upTx) connect(ctx context.Context, hs []*nsHandle, bridges map[string]
 				tx.changed(&tx.res.Changed.Links, msgs)
 			}
 			idx, peerIdx := tx.allocIndex(sw), tx.allocIndex(node)
-			msgs = append(msgs, newVethMsg(vethSpec{
+			m := newVethMsg(vethSpec{
 				name: v.SwitchEnd, index: idx, master: br,
 				peerName: v.Name, peerIndex: peerIdx, peerNsFd: node.fd, peerMAC: v.MAC,
 				description: fmt.Sprintf("%s/%s <-> %s/%s", sw.name, v.SwitchEnd, v.Namespace, v.Name),
-			}))
-			tx.created(sw, idx, "veth "+v.SwitchEnd)
+			})
+			m.onOK = func() { tx.created(sw, idx, "veth "+v.SwitchEnd) }
+			msgs = append(msgs, m)
 			sst.links[v.SwitchEnd] = &linkState{index: idx, kind: "veth", master: br, up: true, peer: peerIdx, created: true}
 			nst.links[v.Name] = &linkState{index: peerIdx, kind: "veth", created: true, addrs: map[netip.Prefix]bool{}}
 			if v.Rate != 0 {

@@ -97,7 +97,13 @@ type nlMsg struct {
 	// okErrno, if not zero, is an error that counts as success (ENODEV
 	// for deleting what may have vanished meanwhile).
 	okErrno syscall.Errno
+	// onOK, if set, runs when the kernel confirms the request.
+	onOK func()
 }
+
+// errNoAnswer is the result of a request the kernel did not answer
+// because the batch failed first.
+var errNoAnswer = errors.New("netlink: request not answered")
 
 // NLError is the kernel's refusal of one request.
 type NLError struct {
@@ -135,13 +141,20 @@ var kernelFeature = map[string]string{
 // nil, the results of unanswered messages are unknown.
 func (c *nlConn) exec(msgs []nlMsg) ([]error, error) {
 	results := make([]error, len(msgs))
-	for start := 0; start < len(msgs); start += nlBatchMax {
+	for i := range results {
+		results[i] = errNoAnswer
+	}
+	var err error
+	for start := 0; start < len(msgs) && err == nil; start += nlBatchMax {
 		end := min(start+nlBatchMax, len(msgs))
-		if err := c.execBatch(msgs[start:end], results[start:end]); err != nil {
-			return results, err
+		err = c.execBatch(msgs[start:end], results[start:end])
+	}
+	for i, r := range results {
+		if r == nil && msgs[i].onOK != nil {
+			msgs[i].onOK()
 		}
 	}
-	return results, nil
+	return results, err
 }
 
 // run runs msgs and returns the first failure, if any.
