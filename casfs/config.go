@@ -27,19 +27,20 @@ type Config struct {
 	// CacheBytes bounds the in-memory cache of decoded chunks (default 128 MiB).
 	CacheBytes int64
 	// InFlightBytes bounds the chunk bytes held by the write pipeline across
-	// all files (raw plus encoded copies; default 64 MiB). It is what keeps
+	// all files (raw plus encoded copies; default 192 MiB). It is what keeps
 	// memory flat whatever the file size.
 	InFlightBytes int64
 	// Workers hash and compress chunks (default GOMAXPROCS).
 	Workers int
-	// Uploads is the number of batches uploaded concurrently per file (default 2).
+	// Uploads is the number of batches uploaded concurrently per file (default 3).
 	Uploads int
 	// BatchChunks and BatchBytes bound one PrepareUpload/Put batch
-	// (defaults 1024 chunks, 8 MiB raw).
+	// (defaults 4096 chunks, 32 MiB raw). Large batches amortize the
+	// block store's fsync; see bench/RESULTS.md.
 	BatchChunks int
 	BatchBytes  int64
 	// ReadAheadBytes is how far past a sequential reader chunks are fetched
-	// in the background (default 8 MiB; negative disables read-ahead).
+	// in the background (default 32 MiB; negative disables read-ahead).
 	ReadAheadBytes int64
 	// RetryDeadline is how long calls to metad and block stores are retried
 	// on transient errors before the writer gets EIO (default 30s).
@@ -66,22 +67,22 @@ func (c *Config) setDefaults() {
 		c.CacheBytes = 128 << 20
 	}
 	if c.InFlightBytes == 0 {
-		c.InFlightBytes = 64 << 20
+		c.InFlightBytes = 192 << 20
 	}
 	if c.Workers == 0 {
 		c.Workers = runtime.GOMAXPROCS(0)
 	}
 	if c.Uploads == 0 {
-		c.Uploads = 2
+		c.Uploads = 3
 	}
 	if c.BatchChunks == 0 {
-		c.BatchChunks = 1024
+		c.BatchChunks = 4096
 	}
 	if c.BatchBytes == 0 {
-		c.BatchBytes = 8 << 20
+		c.BatchBytes = 32 << 20
 	}
 	if c.ReadAheadBytes == 0 {
-		c.ReadAheadBytes = 8 << 20
+		c.ReadAheadBytes = 32 << 20
 	}
 	if c.RetryDeadline == 0 {
 		c.RetryDeadline = 30 * time.Second

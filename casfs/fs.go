@@ -26,7 +26,7 @@ type FS struct {
 
 	cache    *chunkCache
 	mem      *semaphore.Weighted // in-flight pipeline bytes
-	work     chan *job
+	work     chan func()         // CPU work: zero-detect, hash, compress
 	workers  sync.WaitGroup
 	prefetch *semaphore.Weighted // concurrent read-ahead fetches
 
@@ -59,7 +59,7 @@ func New(cfg Config) (*FS, error) {
 		log:       cfg.Logger,
 		cache:     newChunkCache(cfg.CacheBytes),
 		mem:       semaphore.NewWeighted(cfg.InFlightBytes),
-		work:      make(chan *job, 2*cfg.Workers),
+		work:      make(chan func(), 2*cfg.Workers),
 		prefetch:  semaphore.NewWeighted(int64(2 * cfg.Workers)),
 		inodes:    make(map[metad.Node]*inode),
 	}
@@ -67,9 +67,8 @@ func New(cfg Config) (*FS, error) {
 		f.workers.Add(1)
 		go func() {
 			defer f.workers.Done()
-			for j := range f.work {
-				j.process()
-				close(j.ready)
+			for fn := range f.work {
+				fn()
 			}
 		}()
 	}

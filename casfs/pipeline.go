@@ -41,23 +41,29 @@ type pipeline struct {
 
 // job is one chunk in flight, or a reused extent (ready at once).
 type job struct {
-	ext   cas.Extent
-	raw   []byte
-	enc   []byte
-	mem   int64
-	ready chan struct{}
+	ext    cas.Extent
+	raw    []byte
+	enc    []byte
+	mem    int64
+	ready  chan struct{}
+	queued bool // already in an upload of its batch
 }
 
 var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
 
+// process detects holes and hashes. Compression waits until metad says
+// the chunk is missing: duplicates are never compressed.
 func (j *job) process() {
-	data := j.raw
-	if cas.IsZero(data) {
+	defer close(j.ready)
+	if cas.IsZero(j.raw) {
 		j.ext.Hole = true
 		return
 	}
-	j.ext.ID = cas.Sum(data)
-	j.enc = cas.Encode(getBuf(len(data) + len(data)/255 + 32)[:0], data)
+	j.ext.ID = cas.Sum(j.raw)
+}
+
+func (j *job) encode() {
+	j.enc = cas.Encode(getBuf(len(j.raw) + len(j.raw)/255 + 32)[:0], j.raw)
 }
 
 // errStopped is the sticky error of an aborted pipeline.
@@ -113,7 +119,7 @@ func (p *pipeline) add(off uint64, data []byte) error {
 	p.next = off + uint64(len(data))
 	p.fs.stats.written.Add(uint64(len(data)))
 	select {
-	case p.fs.work <- j:
+	case p.fs.work <- j.process:
 	case <-p.ctx.Done():
 		p.fs.mem.Release(mem)
 		putBuf(raw)
@@ -243,21 +249,32 @@ func (p *pipeline) upload(b []*job) ([]cas.Extent, error) {
 		if err != nil {
 			return nil, err
 		}
-		byEP := map[uint16][]blockd.Chunk{}
 		missing := make(map[cas.ChunkID]bool, len(plan.Missing))
+		var wg sync.WaitGroup
 		for _, m := range plan.Missing {
 			j, ok := first[m.ID]
 			if !ok {
+				wg.Wait()
 				return nil, fmt.Errorf("casfs: metad reported chunk %s missing that was not offered", m.ID.Short())
 			}
 			if int(m.Endpoint) >= len(plan.Endpoints) {
+				wg.Wait()
 				return nil, fmt.Errorf("casfs: metad named endpoint %d of %d", m.Endpoint, len(plan.Endpoints))
 			}
 			if missing[m.ID] {
 				continue
 			}
 			missing[m.ID] = true
-			byEP[m.Endpoint] = append(byEP[m.Endpoint], blockd.Chunk{ID: m.ID, Data: j.enc})
+			wg.Add(1)
+			f.work <- func() { j.encode(); wg.Done() }
+		}
+		wg.Wait()
+		byEP := map[uint16][]blockd.Chunk{}
+		for _, m := range plan.Missing {
+			if j := first[m.ID]; j.enc != nil && !j.queued {
+				j.queued = true
+				byEP[m.Endpoint] = append(byEP[m.Endpoint], blockd.Chunk{ID: m.ID, Data: j.enc})
+			}
 		}
 		for ep, chunks := range byEP {
 			err := f.retry(p.ctx, "put chunks", func(ctx context.Context) error {

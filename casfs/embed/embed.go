@@ -66,9 +66,11 @@ func Open(cfg Config) (*Stores, error) {
 	if err != nil {
 		return nil, fmt.Errorf("embed: block store: %w", err)
 	}
+	// metad's memtable size also bounds one transaction, hence the largest
+	// manifest it can commit; keep its default even when Small.
 	bo := metad.BadgerOptions{SyncWrites: !cfg.NoSync, Logger: cfg.Logger}
 	if cfg.Small {
-		bo.MemTableSize, bo.BlockCacheSize, bo.IndexCacheSize, bo.ValueLogFileSize = 16<<20, 4<<20, 2<<20, 16<<20
+		bo.BlockCacheSize, bo.IndexCacheSize = 8<<20, 4<<20
 	}
 	meta, err := metad.Open(metad.Config{
 		Dir:           filepath.Join(cfg.Dir, "meta"),

@@ -15,7 +15,7 @@ import (
 )
 
 // buildBinary compiles casfs into a temporary directory.
-func buildBinary(t *testing.T) string {
+func buildBinary(t testing.TB) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "casfs")
 	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
@@ -37,7 +37,7 @@ func mounted(mnt string) bool {
 
 // startMount runs `casfs mount --data data mnt` and waits for the mount.
 // Cleanup kills the process (by pid) and detaches the mount if still there.
-func startMount(t *testing.T, bin, data, mnt string) *exec.Cmd {
+func startMount(t testing.TB, bin, data, mnt string) *exec.Cmd {
 	t.Helper()
 	cmd := exec.Command(bin, "mount", "--data", data, "--log-level", "warn", mnt)
 	var logb bytes.Buffer

@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	_ "net/http/pprof" // served only with --debug-addr
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -36,6 +38,10 @@ type mountOptions struct {
 	Debug      bool
 	LogLevel   string
 	AttrTTL    time.Duration
+	DebugAddr  string
+	BatchMiB   int64
+	Uploads    int
+	MemLimit   int64
 }
 
 func init() {
@@ -54,11 +60,15 @@ func init() {
 	f.StringVar(&o.Subject, "subject", "", "name this node uses in tokens (default the hostname)")
 	f.StringVar(&o.Policy, "policy", "", "embedded mode: default chunker policy of new files, e.g. fixed:64k or cdc:16k")
 	f.Int64Var(&o.CacheMiB, "cache-mib", 128, "in-memory chunk cache size")
-	f.Int64Var(&o.InFlightMi, "inflight-mib", 64, "bytes held by the write pipeline")
+	f.Int64Var(&o.InFlightMi, "inflight-mib", 0, "bytes held by the write pipeline (0: casfs default)")
 	f.BoolVar(&o.NoSync, "no-sync", false, "embedded mode: do not fsync metadata commits (survives process crashes, not power loss)")
 	f.BoolVar(&o.AllowOther, "allow-other", false, "let other users access the mount")
 	f.BoolVar(&o.Debug, "debug", false, "log every FUSE request")
 	f.StringVar(&o.LogLevel, "log-level", "info", "debug, info, warn or error")
+	f.Int64Var(&o.BatchMiB, "batch-mib", 0, "raw bytes per dedup negotiation and upload batch (0: casfs default)")
+	f.IntVar(&o.Uploads, "uploads", 0, "batches uploaded concurrently per file (0: casfs default)")
+	f.Int64Var(&o.MemLimit, "memory-limit-mib", 384, "soft limit of the Go heap (GOMEMLIMIT); 0 leaves the runtime default")
+	f.StringVar(&o.DebugAddr, "debug-addr", "", "serve /debug/pprof on this `ADDR` (e.g. 127.0.0.1:6060)")
 	f.DurationVar(&o.AttrTTL, "attr-timeout", time.Second, "kernel entry/attribute cache time for the live tree")
 	rootCmd.AddCommand(cmd)
 }
@@ -70,8 +80,17 @@ func runMount(ctx context.Context, o *mountOptions, args []string) error {
 		return fmt.Errorf("--log-level: %w", err)
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+	if o.DebugAddr != "" {
+		go func() { log.Warn("debug server stopped", "err", http.ListenAndServe(o.DebugAddr, nil)) }()
+	}
 
-	cfg := casfs.Config{Logger: log, CacheBytes: o.CacheMiB << 20, InFlightBytes: o.InFlightMi << 20, StagingDir: o.Staging}
+	if o.MemLimit > 0 {
+		debug.SetMemoryLimit(o.MemLimit << 20)
+	}
+	cfg := casfs.Config{
+		Logger: log, CacheBytes: o.CacheMiB << 20, InFlightBytes: o.InFlightMi << 20, StagingDir: o.Staging,
+		BatchBytes: o.BatchMiB << 20, Uploads: o.Uploads,
+	}
 	var closeStores func() error
 	switch {
 	case o.Data != "" && o.Meta == "":

@@ -1,0 +1,239 @@
+package main
+
+import (
+	"encoding/binary"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Sequential I/O through a real casfs process (embedded stores on local
+// disk) against the same file on the local disk, written with fsync.
+//
+//	go test -run '^$' -bench SeqIO -benchtime 1x ./cmd/casfs
+//
+// CASFS_BENCH_MIB sets the file size (default 1024). Metrics are MB/s and
+// ratios to the local disk; casfs-rss-MiB is the casfs process's peak RSS.
+// BenchmarkRSS writes CASFS_BENCH_RSS_MIB (default 4096) MiB.
+
+const benchBlock = 1 << 20
+
+// fillBlock fills buf (1 MiB) with block i of a data kind, deterministically.
+//   - zero: 80% all-zero 4 KiB pages, the rest random (a RAM image).
+//   - text: pages of 64-byte random runs alternating with runs of a
+//     repeated phrase (LZ4 halves it; nothing repeats across pages).
+//   - random: incompressible and unique.
+func fillBlock(kind string, i int, buf []byte) {
+	c := rand.NewChaCha8(seed(i))
+	r := rand.New(c)
+	switch kind {
+	case "random":
+		c.Read(buf)
+	case "zero":
+		clear(buf)
+		for p := 0; p < len(buf); p += 4096 {
+			if r.IntN(5) == 0 {
+				c.Read(buf[p : p+4096])
+			}
+		}
+	case "text":
+		phrase := []byte("the quick brown fox jumps over the lazy dog; ")
+		for p := 0; p < len(buf); p += 128 {
+			c.Read(buf[p : p+64])
+			for k := p + 64; k < p+128; k++ {
+				buf[k] = phrase[(k-p)%len(phrase)]
+			}
+		}
+	}
+}
+
+func seed(i int) (s [32]byte) {
+	binary.LittleEndian.PutUint64(s[:], uint64(i)+1)
+	return
+}
+
+func benchSize(env string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(env)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+// writeFile writes mib blocks of kind to path, fsyncs and closes it.
+func writeFile(b *testing.B, path, kind string, mib int) time.Duration {
+	b.Helper()
+	buf := make([]byte, benchBlock)
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var gen time.Duration
+	start := time.Now()
+	for i := range mib {
+		g := time.Now()
+		fillBlock(kind, i, buf)
+		gen += time.Since(g)
+		if _, err := f.Write(buf); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := f.Sync(); err != nil {
+		b.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		b.Fatal(err)
+	}
+	return time.Since(start) - gen // data generation is not I/O
+}
+
+func readFile(b *testing.B, path string) time.Duration {
+	b.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, benchBlock)
+	start := time.Now()
+	if _, err := io.CopyBuffer(io.Discard, struct{ io.Reader }{f}, buf); err != nil {
+		b.Fatal(err)
+	}
+	return time.Since(start)
+}
+
+func dropCaches(b *testing.B) {
+	syscall.Sync()
+	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3"), 0); err != nil {
+		b.Logf("cannot drop page cache (%v); cold reads are warm", err)
+	}
+}
+
+// procStatus returns a /proc/PID/status field in bytes.
+func procStatus(pid int, field string) int64 {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, field+":") {
+			kb, _ := strconv.ParseInt(strings.Fields(line)[1], 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+func peakRSS(pid int) int64 { return procStatus(pid, "VmHWM") }
+
+// sampleAnon records the peak anonymous RSS of pid (heap and stacks, not
+// the block store's memory-mapped files, which the kernel can drop) until
+// stop is called.
+func sampleAnon(pid int) (stop func() int64) {
+	done := make(chan struct{})
+	peak := make(chan int64)
+	go func() {
+		var m int64
+		t := time.NewTicker(50 * time.Millisecond)
+		defer t.Stop()
+		for {
+			m = max(m, procStatus(pid, "RssAnon"))
+			select {
+			case <-done:
+				peak <- m
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return func() int64 { close(done); return <-peak }
+}
+
+// stopMount stops casfs with SIGTERM and waits until it has unmounted and
+// exited (it holds the stores' locks until then).
+func stopMount(b *testing.B, cmd *exec.Cmd, mnt string) {
+	cmd.Process.Signal(syscall.SIGTERM)
+	deadline := time.Now().Add(time.Minute)
+	for (mounted(mnt) || syscall.Kill(cmd.Process.Pid, 0) == nil && !zombie(cmd.Process.Pid)) && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if mounted(mnt) {
+		unix.Unmount(mnt, unix.MNT_DETACH)
+		b.Fatal("casfs did not unmount on SIGTERM")
+	}
+}
+
+func zombie(pid int) bool {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	f := strings.Fields(string(b))
+	return len(f) > 2 && f[2] == "Z"
+}
+
+func BenchmarkSeqIO(b *testing.B) {
+	bin := buildBinary(b)
+	mib := benchSize("CASFS_BENCH_MIB", 1024)
+	for _, kind := range []string{"zero", "text", "random"} {
+		b.Run(kind, func(b *testing.B) {
+			for range b.N {
+				work := b.TempDir()
+				data, mnt := filepath.Join(work, "data"), filepath.Join(work, "mnt")
+				os.Mkdir(mnt, 0o755)
+				mbps := func(d time.Duration) float64 { return float64(mib<<20) / d.Seconds() / 1e6 }
+
+				local := filepath.Join(work, "local")
+				lw := writeFile(b, local, kind, mib)
+				dropCaches(b)
+				lr := readFile(b, local)
+				os.Remove(local)
+
+				cmd := startMount(b, bin, data, mnt)
+				stop := sampleAnon(cmd.Process.Pid)
+				cw := writeFile(b, filepath.Join(mnt, "one"), kind, mib)
+				cw2 := writeFile(b, filepath.Join(mnt, "two"), kind, mib)
+				anon := stop()
+				rss := peakRSS(cmd.Process.Pid)
+				stopMount(b, cmd, mnt)
+				dropCaches(b)
+				cmd = startMount(b, bin, data, mnt)
+				cr := readFile(b, filepath.Join(mnt, "one"))
+				stopMount(b, cmd, mnt)
+
+				b.ReportMetric(mbps(lw), "local-write-MB/s")
+				b.ReportMetric(mbps(cw), "casfs-write-MB/s")
+				b.ReportMetric(mbps(cw2), "casfs-rewrite-MB/s")
+				b.ReportMetric(mbps(lr), "local-coldread-MB/s")
+				b.ReportMetric(mbps(cr), "casfs-coldread-MB/s")
+				b.ReportMetric(lw.Seconds()/cw.Seconds(), "write-x-local")
+				b.ReportMetric(lw.Seconds()/cw2.Seconds(), "rewrite-x-local")
+				b.ReportMetric(lr.Seconds()/cr.Seconds(), "coldread-x-local")
+				b.ReportMetric(float64(rss)/(1<<20), "casfs-rss-MiB")
+				b.ReportMetric(float64(anon)/(1<<20), "casfs-anon-MiB")
+			}
+		})
+	}
+}
+
+func BenchmarkRSS(b *testing.B) {
+	bin := buildBinary(b)
+	mib := benchSize("CASFS_BENCH_RSS_MIB", 4096)
+	for range b.N {
+		work := b.TempDir()
+		data, mnt := filepath.Join(work, "data"), filepath.Join(work, "mnt")
+		os.Mkdir(mnt, 0o755)
+		cmd := startMount(b, bin, data, mnt)
+		stop := sampleAnon(cmd.Process.Pid)
+		d := writeFile(b, filepath.Join(mnt, "big"), "text", mib)
+		anon := stop()
+		rss := peakRSS(cmd.Process.Pid)
+		stopMount(b, cmd, mnt)
+		b.ReportMetric(float64(mib<<20)/d.Seconds()/1e6, "casfs-write-MB/s")
+		b.ReportMetric(float64(rss)/(1<<20), "casfs-rss-MiB")
+		b.ReportMetric(float64(anon)/(1<<20), "casfs-anon-MiB")
+	}
+}
