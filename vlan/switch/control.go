@@ -99,6 +99,12 @@ func (pt *port) control(m ctlMsg, in, out *[]*Frame) {
 			pt.process(*in, out)
 		}
 	}
+	// Frames still to replay from the last Resume precede everything.
+	for len(pt.replay) > 0 {
+		chunk := pt.replay[:min(len(pt.replay), sw.cfg.Batch)]
+		pt.replay = pt.replay[len(chunk):]
+		_ = pt.write(chunk, true)
+	}
 	var r ctlReply
 	switch m.kind {
 	case ctlBegin:
@@ -117,7 +123,7 @@ func (pt *port) control(m ctlMsg, in, out *[]*Frame) {
 		}
 	case ctlResume:
 		drain()
-		r.err = pt.write(pt.gate.resume(), true)
+		pt.replay = pt.gate.resume()
 	case ctlRestore:
 		drain()
 		for _, f := range pt.gate.restore(m.epoch, m.frames) {
@@ -449,6 +455,9 @@ func (sw *Switch) Restore(ctx context.Context, lg *Log) error {
 // first gets its logged in-flight frames, in order, then the frames sent to
 // it after the checkpoint, then normal traffic. Ports whose peer connects
 // to them (ConnWaiter) are waited for before frames are replayed to them.
+// The replay is handed to each port's writer and proceeds as fast as the
+// node takes frames: Resume does not wait for it, so the nodes may be
+// continued before or after Resume.
 func (sw *Switch) Resume(ctx context.Context) error {
 	sw.mu.Lock()
 	if sw.ck.state != ckEnded && sw.ck.state != ckRestored {

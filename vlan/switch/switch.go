@@ -128,6 +128,7 @@ type port struct {
 
 	// Receive side (writer goroutine only).
 	gate    gate
+	replay  []*Frame // frames Resume handed over, written before any other
 	scratch []*Frame // tagged copies for Ethernet trunks
 
 	peerMarker atomic.Uint64 // trunks: last end-of-epoch marker received
@@ -510,6 +511,9 @@ func (pt *port) writeLoop() {
 	in := make([]*Frame, 0, sw.cfg.Batch)
 	out := make([]*Frame, 0, sw.cfg.Batch)
 	defer func() {
+		for _, f := range pt.replay {
+			sw.pool.release(f)
+		}
 		for _, f := range pt.gate.restore(0, nil) {
 			sw.pool.release(f)
 		}
@@ -523,6 +527,23 @@ func (pt *port) writeLoop() {
 		}
 	}()
 	for {
+		if len(pt.replay) > 0 {
+			// Frames handed over by Resume go first, a batch at a time,
+			// so that control messages are still served.
+			select {
+			case <-pt.done:
+				return
+			case m := <-pt.ctl:
+				pt.control(m, &in, &out)
+			default:
+				chunk := pt.replay[:min(len(pt.replay), sw.cfg.Batch)]
+				pt.replay = pt.replay[len(chunk):]
+				if err := pt.write(chunk, true); err != nil {
+					sw.log.Warn("replaying frames failed", "port", pt.cfg.Name, "err", err)
+				}
+			}
+			continue
+		}
 		select {
 		case <-pt.done:
 			return
