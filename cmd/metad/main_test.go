@@ -323,11 +323,14 @@ func argValue(args []string, flag string) string {
 func TestSIGKILLMidCommits(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
+	t0 := time.Now()
 	secret, keys := writeSecret(t)
 	b0 := startDaemon(t, blockdBinary(t), "--data", t.TempDir(), "--secret-file", secret, "--name", "b0")
+	t.Logf("blockd up after %v", time.Since(t0))
 	data := t.TempDir()
 	args := []string{"--data", data, "--secret-file", secret, "--blockd", "b0=" + b0.url(), "--gc-interval", "0"}
 	md := startDaemon(t, "", args...)
+	t.Logf("metad up after %v", time.Since(t0))
 	c := metad.NewClient(md.url(), keys, "test", nil)
 
 	const files, variants = 8, 6
@@ -354,6 +357,7 @@ func TestSIGKILLMidCommits(t *testing.T) {
 	if err := upload(ctx, plan, chunks); err != nil {
 		t.Fatal(err)
 	}
+	t.Logf("uploaded after %v", time.Since(t0))
 	inos := make([]metad.Ino, files)
 	for f := range files {
 		a, err := c.Create(ctx, metad.CreateRequest{Parent: metad.RootIno, Name: fmt.Sprintf("f%d", f), Mode: syscall.S_IFREG | 0o644})
@@ -404,27 +408,31 @@ func TestSIGKILLMidCommits(t *testing.T) {
 		}()
 	}
 	// Let a good number of commits through, then SIGKILL mid-stream.
-	deadline := time.Now().Add(30 * time.Second)
+	began := time.Now()
+	deadline := began.Add(30 * time.Second)
+	target := 150 + rand.IntN(100)
 	for {
 		mu.Lock()
 		n := commits
 		mu.Unlock()
-		if n >= 150+rand.IntN(100) || time.Now().After(deadline) {
+		if n >= target || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	md.cmd.Process.Signal(syscall.SIGKILL)
-	<-md.done
+	md.kill()
 	close(stopc)
 	wg.Wait()
 	mu.Lock()
-	t.Logf("killed metad after %d acknowledged commits", commits)
+	t.Logf("killed metad after %d acknowledged commits in %v", commits, time.Since(began))
 	mu.Unlock()
+	t.Logf("phase: killed at %v", time.Since(began))
 	if code, out := runFsckCmd(t, data); code != 0 {
 		t.Fatalf("fsck after SIGKILL: exit %d\n%s", code, out)
 	}
+	t.Logf("phase: fsck done at %v", time.Since(began))
 	md2 := startDaemon(t, "", args...)
+	t.Logf("phase: restarted at %v", time.Since(began))
 	c2 := metad.NewClient(md2.url(), keys, "test", nil)
 	for f := range files {
 		rp, err := c2.ReadPlan(ctx, metad.Node{Ino: inos[f]})
@@ -449,11 +457,14 @@ func TestSIGKILLMidCommits(t *testing.T) {
 				f, len(got.Extents), acked[f], inflight[f])
 		}
 	}
+	t.Logf("phase: checked at %v", time.Since(began))
 	// The store keeps working after the crash.
 	if _, err := c2.Commit(ctx, metad.CommitRequest{Ino: inos[0], Manifest: variant(0, 1)}); err != nil {
 		t.Fatal(err)
 	}
+	t.Logf("phase: committed at %v", time.Since(began))
 	md2.stop(t)
+	t.Logf("phase: stopped at %v", time.Since(began))
 	if code, out := runFsckCmd(t, data); code != 0 {
 		t.Fatalf("fsck after restart: exit %d\n%s", code, out)
 	}
