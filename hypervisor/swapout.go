@@ -119,13 +119,15 @@ func Swapout(ctx context.Context, m Machine, dir string, opts SwapoutOptions) (*
 		res.Downtime = time.Since(paused)
 		return res, nil
 	}
+	log.Debug("swapout: verified", "save", saveTime, "verify", verifyTime)
+	dstart := time.Now()
 	if err := m.Destroy(ctx); err != nil {
 		// The snapshot is complete and verified; the VM may or may not be
 		// gone, so do not claim it is intact.
 		return nil, &StepError{Step: StepDestroy, Err: err}
 	}
 	res.Downtime = time.Since(paused)
-	log.Info("swapout: done", "dir", dir, "bytes", res.Bytes, "downtime", res.Downtime)
+	log.Info("swapout: done", "dir", dir, "bytes", res.Bytes, "downtime", res.Downtime, "destroy", time.Since(dstart))
 	return res, nil
 }
 

@@ -436,6 +436,9 @@ func (m *Machine) Save(ctx context.Context, dir string, p hypervisor.Progress) (
 	}
 
 	var files []hypervisor.File
+	log := m.cfg.Logger
+	t0 := time.Now()
+	defer func() { log.Debug("save done", "mode", mode, "took", time.Since(t0)) }()
 	switch mode {
 	case ModeStream:
 		p.Start("memory", -1)
@@ -451,6 +454,7 @@ func (m *Machine) Save(ctx context.Context, dir string, p hypervisor.Progress) (
 			return hypervisor.Saved{}, fmt.Errorf("device state: %w", err)
 		}
 		files = append(files, f)
+		log.Debug("device state saved", "bytes", f.Size, "took", time.Since(t0))
 		fi, err := os.Stat(ramPath)
 		if err != nil {
 			return hypervisor.Saved{}, fmt.Errorf("ram: %w", err)
@@ -461,6 +465,7 @@ func (m *Machine) Save(ctx context.Context, dir string, p hypervisor.Progress) (
 			return hypervisor.Saved{}, fmt.Errorf("ram: %w", err)
 		}
 		files = append(files, f)
+		log.Debug("ram saved", "bytes", f.Size, "took", time.Since(t0))
 		cfg.RAMPath, cfg.RAMSize = ramPath, ramSize
 		m.ramPath = ramPath
 	case ModeMappedRAM:

@@ -121,6 +121,46 @@ func checkContinues(t *testing.T, ctx context.Context, v *vmCase, before testgue
 func TestSwapoutSwapinStream(t *testing.T)  { testRoundTrip(t, ModeStream, false, 10*time.Second) }
 func TestSwapoutSwapinRAMFile(t *testing.T) { testRoundTrip(t, ModeRAMFile, true, 0) }
 
+// TestSwapoutSwapinMappedRAM runs only where QEMU >= 9 is installed (Debian
+// 12 ships 7.2; bookworm-backports has 10.0).
+func TestSwapoutSwapinMappedRAM(t *testing.T) {
+	testguest.Require(t)
+	if maj, min := qemuVersion(t); maj < 9 {
+		t.Skipf("mapped-ram needs QEMU >= 9; installed QEMU is %d.%d", maj, min)
+	}
+	testRoundTrip(t, ModeMappedRAM, false, 0)
+}
+
+// TestModeUnsupported: asking for a mode the VM or QEMU cannot do fails
+// before anything is saved, and the VM is still paused and resumable.
+func TestModeUnsupported(t *testing.T) {
+	f := testguest.Require(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	v := bootGuest(t, ctx, f, "unsup", false, 256)
+	modes := []string{ModeRAMFile}
+	if maj, _ := qemuVersion(t); maj < 9 {
+		modes = append(modes, ModeMappedRAM)
+	}
+	for _, mode := range modes {
+		m := connect(t, ctx, v.g.QMP, mode)
+		_, err := hypervisor.Swapout(ctx, m, filepath.Join(t.TempDir(), "s"), hypervisor.SwapoutOptions{})
+		if !errors.Is(err, ErrUnsupported) || !hypervisor.IsPaused(err) {
+			t.Fatalf("%s: %v", mode, err)
+		}
+		before := v.lastTick(t)
+		if err := m.Resume(ctx); err != nil {
+			t.Fatal(err)
+		}
+		tk, err := v.g.Console.WaitTick(ctx, nil)
+		if err != nil || tk.N != before.N+1 {
+			t.Fatalf("%s: after resume %+v %v, before %+v", mode, tk, err, before)
+		}
+		v.last = tk
+		m.Close()
+	}
+}
+
 func testRoundTrip(t *testing.T, mode string, ramFile bool, sleep time.Duration) {
 	f := testguest.Require(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
