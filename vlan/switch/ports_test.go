@@ -58,7 +58,6 @@ func (s *streamClient) Recv(ctx context.Context) ([]byte, error) {
 	return b, nil
 }
 
-
 // dgramClient plays QEMU's side of a dgram netdev.
 type dgramClient struct {
 	c    *net.UnixConn

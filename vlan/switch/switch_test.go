@@ -78,7 +78,7 @@ func mustAdd(t *testing.T, sw *Switch, cfg PortConfig, p Port) {
 // runCheckpoints drives traffic through a fabric across checkpoints, each
 // followed by a plain resume or by a restore onto a freshly built fabric,
 // and checks that no frame is lost, duplicated or reordered per flow.
-func runCheckpoints(t *testing.T, build fabric, nodes []*tnode, restore bool) {
+func runCheckpoints(t *testing.T, build fabric, nodes []*tnode, restore bool) []*Switch {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	sws := build(t, nodes)
@@ -190,6 +190,7 @@ func runCheckpoints(t *testing.T, build fabric, nodes []*tnode, restore bool) {
 		t.Fatal("no frame was in flight at any checkpoint: the test did not exercise the log")
 	}
 	t.Logf("%d in-flight frames logged over 3 checkpoints", logged)
+	return sws
 }
 
 func TestCheckpointOneSwitch(t *testing.T) {

@@ -44,7 +44,7 @@ func makeNodes(t *testing.T, n, vlans, switches int) []*tnode {
 	nodes := make([]*tnode, n)
 	for i := range nodes {
 		nodes[i] = &tnode{t: t, idx: i, name: fmt.Sprintf("n%d", i), vlan: uint16(10 + i%vlans),
-			mac: [6]byte{0x02, 0, 0, 0, byte(i >> 8), byte(i)}, sw: i % switches,
+			mac: [6]byte{0x02, 0, 0, 0, byte(i >> 8), byte(i)}, sw: (i / 2) % switches,
 			sent: map[int]uint32{}, recv: map[int]uint32{}}
 	}
 	for _, a := range nodes {

@@ -6,6 +6,9 @@ import (
 	"net"
 	"sync/atomic"
 	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // The UDP trunk header, big-endian, in front of every datagram:
@@ -46,6 +49,31 @@ func DialUDPTrunk(laddr, raddr *net.UDPAddr) (*UDPTrunk, error) {
 		return nil, fmt.Errorf("vswitch: trunk to %v: %w", raddr, err)
 	}
 	return NewUDPTrunk(c)
+}
+
+// NewUDPTrunkTo makes a trunk of an unconnected UDP socket (as from
+// net.ListenUDP) that sends to peer. The trunk owns conn.
+func NewUDPTrunkTo(conn *net.UDPConn, peer *net.UDPAddr) (*UDPTrunk, error) {
+	var sa []byte
+	if ip4 := peer.IP.To4(); ip4 != nil && conn.LocalAddr().(*net.UDPAddr).IP.To4() != nil {
+		var r unix.RawSockaddrInet4
+		r.Family = unix.AF_INET
+		binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&r.Port))[:], uint16(peer.Port))
+		copy(r.Addr[:], ip4)
+		sa = append(sa, unsafe.Slice((*byte)(unsafe.Pointer(&r)), unsafe.Sizeof(r))...)
+	} else {
+		var r unix.RawSockaddrInet6
+		r.Family = unix.AF_INET6
+		binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&r.Port))[:], uint16(peer.Port))
+		copy(r.Addr[:], peer.IP.To16())
+		sa = append(sa, unsafe.Slice((*byte)(unsafe.Pointer(&r)), unsafe.Sizeof(r))...)
+	}
+	t, err := NewUDPTrunk(conn)
+	if err != nil {
+		return nil, err
+	}
+	t.mm.setName(sa)
+	return t, nil
 }
 
 // NewUDPTrunk makes a trunk of a UDP socket connected to the peer. The

@@ -1,0 +1,172 @@
+package vswitch
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"testing"
+
+	"github.com/vishvananda/netns"
+)
+
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for network namespaces")
+	}
+}
+
+func run(t *testing.T, args ...string) {
+	t.Helper()
+	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+		t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+}
+
+// newNetns creates a named network namespace, removed at cleanup.
+func newNetns(t *testing.T, name string) {
+	t.Helper()
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer orig.Close()
+		ns, err := netns.NewNamed(name)
+		if err != nil {
+			errc <- err
+			return
+		}
+		ns.Close()
+		if err := netns.Set(orig); err != nil {
+			errc <- err // leave the thread locked: it dies with the goroutine
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- nil
+	}()
+	if err := <-errc; err != nil {
+		t.Fatalf("netns %s: %v", name, err)
+	}
+	t.Cleanup(func() { _ = netns.DeleteNamed(name) })
+}
+
+// inNetns runs f on a thread inside the named namespace (sockets created
+// there stay there).
+func inNetns(name string, f func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer orig.Close()
+		ns, err := netns.GetFromName(name)
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer ns.Close()
+		if err := netns.Set(ns); err != nil {
+			errc <- err
+			return
+		}
+		ferr := f()
+		if err := netns.Set(orig); err != nil {
+			errc <- err
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- ferr
+	}()
+	return <-errc
+}
+
+// twoHosts creates namespaces "<p>a" and "<p>b" joined by a veth pair with
+// 10.199.0.1 and 10.199.0.2.
+func twoHosts(t *testing.T) (a, b string) {
+	requireRoot(t)
+	p := fmt.Sprintf("stsw%04x", rand.IntN(1<<16))
+	a, b = p+"a", p+"b"
+	newNetns(t, a)
+	newNetns(t, b)
+	run(t, "ip", "link", "add", p+"va", "netns", a, "type", "veth", "peer", "name", p+"vb", "netns", b)
+	run(t, "ip", "-n", a, "addr", "add", "10.199.0.1/24", "dev", p+"va")
+	run(t, "ip", "-n", b, "addr", "add", "10.199.0.2/24", "dev", p+"vb")
+	for _, x := range [][2]string{{a, p + "va"}, {b, p + "vb"}} {
+		run(t, "ip", "-n", x[0], "link", "set", "lo", "up")
+		run(t, "ip", "-n", x[0], "link", "set", x[1], "up")
+	}
+	return a, b
+}
+
+// udpTrunkPair opens a UDP trunk in each namespace, aimed at the other.
+func udpTrunkPair(t *testing.T, nsA, nsB string) (*UDPTrunk, *UDPTrunk) {
+	t.Helper()
+	var ca, cb *net.UDPConn
+	if err := inNetns(nsA, func() (err error) {
+		ca, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(10, 199, 0, 1)})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := inNetns(nsB, func() (err error) {
+		cb, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(10, 199, 0, 2)})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	ta, err := NewUDPTrunkTo(ca, cb.LocalAddr().(*net.UDPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tb, err := NewUDPTrunkTo(cb, ca.LocalAddr().(*net.UDPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ta, tb
+}
+
+// netnsFabric: two switches, one per "host" namespace, joined by a UDP
+// trunk over the veth pair; nodes on MemPorts.
+func netnsFabric(nsA, nsB string) fabric {
+	return func(t *testing.T, nodes []*tnode) []*Switch {
+		sws := []*Switch{newTestSwitch(t, Config{}), newTestSwitch(t, Config{})}
+		ta, tb := udpTrunkPair(t, nsA, nsB)
+		mustAdd(t, sws[0], PortConfig{Name: "trunk", Mode: Trunk}, ta)
+		mustAdd(t, sws[1], PortConfig{Name: "trunk", Mode: Trunk}, tb)
+		for _, nd := range nodes {
+			mp := NewMemPort(256)
+			mustAdd(t, sws[nd.sw], PortConfig{Name: nd.name, VLAN: nd.vlan}, mp)
+			nd.io = mp
+		}
+		return sws
+	}
+}
+
+func TestCheckpointTwoHostsUDPTrunk(t *testing.T) {
+	nsA, nsB := twoHosts(t)
+	for _, restore := range []bool{false, true} {
+		t.Run(fmt.Sprintf("restore=%v", restore), func(t *testing.T) {
+			sws := runCheckpoints(t, netnsFabric(nsA, nsB), makeNodes(t, 6, 2, 2), restore)
+			for i, sw := range sws {
+				st, err := sw.Stats("trunk")
+				if err != nil {
+					t.Fatal(err)
+				}
+				if st.RxFrames.Load() == 0 || st.TxFrames.Load() == 0 {
+					t.Fatalf("switch %d: no traffic crossed the trunk", i)
+				}
+			}
+		})
+	}
+}
