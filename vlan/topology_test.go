@@ -1,6 +1,7 @@
 package vlan
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"strings"
@@ -201,4 +202,37 @@ func TestParseRate(t *testing.T) {
 			t.Errorf("unmarshal %s: want an error", in)
 		}
 	}
+}
+
+// FuzzDecode feeds arbitrary bytes to Decode: it must never panic, and
+// whatever it accepts must plan without error and with interface names the
+// kernel accepts.
+func FuzzDecode(f *testing.F) {
+	b, _ := json.Marshal(validTopology())
+	f.Add(b)
+	d := validTopology()
+	d.Backend, d.Trunk = BackendDot1Q, "eth1"
+	b, _ = json.Marshal(d)
+	f.Add(b)
+	f.Add([]byte(`{"experiment":"x","nodes":[{"name":"a","interfaces":[{"name":"e"}]}],"lans":[{"name":"l","members":[{"node":"a","interface":"e"}]}]}`))
+	f.Add([]byte(`{"experiment":"x","lans":[{"rate":"1e400gbit"}]}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		topo, err := Decode(bytes.NewReader(data))
+		if err != nil {
+			return
+		}
+		p, err := NewPlan(topo, "")
+		if errors.Is(err, ErrNoLocalNodes) {
+			return
+		}
+		if err != nil {
+			t.Fatalf("Decode accepted a topology NewPlan rejects: %v", err)
+		}
+		for _, v := range p.Veths {
+			if !validIfName(v.SwitchEnd) || !validIfName(v.Name) {
+				t.Fatalf("bad interface name in %+v", v)
+			}
+		}
+		_ = p.String()
+	})
 }
