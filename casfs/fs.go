@@ -60,7 +60,7 @@ func New(cfg Config) (*FS, error) {
 		cache:     newChunkCache(cfg.CacheBytes),
 		mem:       semaphore.NewWeighted(cfg.InFlightBytes),
 		work:      make(chan func(), 2*cfg.Workers),
-		prefetch:  semaphore.NewWeighted(int64(2 * cfg.Workers)),
+		prefetch:  semaphore.NewWeighted(int64(4 * cfg.Workers)),
 		inodes:    make(map[metad.Node]*inode),
 	}
 	for range cfg.Workers {
