@@ -37,6 +37,9 @@ func (s *Service) GC(ctx context.Context) (int, error) {
 	s.gcMu.Lock()
 	defer s.gcMu.Unlock()
 	s.prunePins()
+	if err := s.finishDeletes(ctx); err != nil {
+		return 0, err
+	}
 	deleted := 0
 	var after []byte
 	for {

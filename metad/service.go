@@ -284,7 +284,7 @@ type txInode struct {
 
 // update runs fn in a Service transaction.
 func (s *Service) update(ctx context.Context, fn func(*tx) error) error {
-	return s.st.Update(ctx, func(txn Txn) error {
+	err := s.st.Update(ctx, func(txn Txn) error {
 		t := &tx{s: s, t: txn, now: s.now().UnixNano(), inodes: map[Ino]*txInode{}}
 		if err := fn(t); err != nil {
 			return err
@@ -294,6 +294,10 @@ func (s *Service) update(ctx context.Context, fn func(*tx) error) error {
 		}
 		return s.writeDelta(txn, t.delta)
 	})
+	if errors.Is(err, ErrTxnTooBig) {
+		return fmt.Errorf("%w: change too large for one transaction: %w", ErrNoSpace, err)
+	}
+	return err
 }
 
 func (s *Service) writeDelta(txn Txn, d statDelta) error {

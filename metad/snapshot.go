@@ -88,6 +88,9 @@ func (s *Service) CreateSnapshot(ctx context.Context, dir Ino, name string) (Sna
 		return putSnapRecord(t.t, id, rec)
 	})
 	if err != nil {
+		if perr := s.purgeSnapshot(context.WithoutCancel(ctx), id); perr != nil {
+			s.log.Error("cannot delete failed snapshot; it is deleted at next start", "snap", id, "err", perr)
+		}
 		return Snapshot{}, err
 	}
 	s.log.Info("snapshot created", "snap", id, "dir", dir, "name", name)
@@ -221,9 +224,11 @@ func (s *Service) ListSnapshots(ctx context.Context, dir Ino) ([]Snapshot, error
 	return out, nil
 }
 
-// DeleteSnapshot implements Snapshots. The snapshot disappears at once; its
-// records are removed in batches, releasing manifests and chunks (which GC
-// then collects). A crash midway is finished by Open.
+// DeleteSnapshot implements Snapshots. The snapshot disappears at once (one
+// transaction marks it deleting and frees its name); its records are then
+// removed in batches, releasing manifests and chunks (which GC collects).
+// If removing fails midway, DeleteSnapshot still succeeds: the next GC pass
+// or the next Open finishes the job.
 func (s *Service) DeleteSnapshot(ctx context.Context, dir Ino, name string) error {
 	if err := validName(name); err != nil {
 		return err
@@ -254,7 +259,36 @@ func (s *Service) DeleteSnapshot(ctx context.Context, dir Ino, name string) erro
 	if err != nil {
 		return err
 	}
-	return s.purgeSnapshot(ctx, id)
+	if err := s.purgeSnapshot(ctx, id); err != nil {
+		s.log.Warn("snapshot deletion interrupted; GC or the next start finishes it", "snap", id, "err", err)
+	}
+	return nil
+}
+
+// finishDeletes purges snapshots left in the deleting state.
+func (s *Service) finishDeletes(ctx context.Context) error {
+	var ids []SnapID
+	err := s.st.View(ctx, func(t Txn) error {
+		return t.Iterate([]byte{kSnap}, nil, func(k, v []byte) error {
+			var r snapRecord
+			if err := jsonUnmarshal(v, &r); err != nil {
+				return err
+			}
+			if r.State == snapDeleting {
+				ids = append(ids, SnapID(getU64(k[1:])))
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return err
+	}
+	for _, id := range ids {
+		if err := s.purgeSnapshot(ctx, id); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // purgeSnapshot deletes every record of snapshot id, then the snapshot.

@@ -48,9 +48,12 @@ func OpenBadgerStore(dir string, o BadgerOptions) (*BadgerStore, error) {
 	if dir == "" {
 		return nil, errors.New("metad: badger store needs a directory")
 	}
+	mt := orDefault(o.MemTableSize, 64<<20)
+	vt := min(int64(1<<20), mt*15/100/2) // badger wants it below its batch limit
 	opts := badger.DefaultOptions(dir).
 		WithSyncWrites(o.SyncWrites).
-		WithMemTableSize(orDefault(o.MemTableSize, 64<<20)).
+		WithMemTableSize(mt).
+		WithValueThreshold(vt).
 		WithBlockCacheSize(orDefault(o.BlockCacheSize, 32<<20)).
 		WithIndexCacheSize(orDefault(o.IndexCacheSize, 16<<20)).
 		WithValueLogFileSize(orDefault(o.ValueLogFileSize, 256<<20)).
