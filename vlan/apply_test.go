@@ -549,3 +549,14 @@ func TestUpReplacesStaleNamespaceFile(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// IPv6 addresses work at once (no duplicate address detection delay).
+func TestIPv6(t *testing.T) {
+	requireRoot(t)
+	a := newTestApplier(t)
+	exp := uniqueExp(t)
+	p, _ := upTopology(t, a, lanTopology(exp, []string{"fd00:6::1/64", "fd00:6::2/64"}, []string{"v6", "v6"}))
+	if err := pingOnce(p.Namespaces[0].Name, "fd00:6::2"); err != nil {
+		t.Error(err)
+	}
+}
