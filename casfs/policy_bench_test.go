@@ -19,8 +19,9 @@ import (
 //
 //   - ram: two 64 MiB "RAM images" of sibling guests: 80% zero pages,
 //     the non-zero pages mostly shared, each with 15% of its own pages.
-//   - stream: the same two images as migration streams, where small page
-//     headers shift the alignment (what QEMU's stream format does).
+//   - stream: the same two images as migration streams: small page headers
+//     and a header of different length shift the alignment between them
+//     (what QEMU's stream format does).
 //   - qcow2: two 32 MiB overlays sharing 64 KiB clusters, with 4 KiB
 //     sub-cluster edits in 10% of them.
 //
@@ -128,7 +129,9 @@ func ramPair() (out [2][]byte) {
 // preceded by an 8-byte header, with zero pages as 8-byte markers.
 func streamPair() (out [2][]byte) {
 	for k, img := range ramPair() {
-		var s []byte
+		// The second stream starts with a longer header, so the same pages
+		// sit at other offsets (as when device state or dirty-page order differ).
+		s := make([]byte, 100+k*1000)
 		for off := 0; off < len(img); off += 4096 {
 			p := img[off : off+4096]
 			hdr := []byte{byte(off >> 12), byte(off >> 20), byte(off >> 28), 0, 0, 0, 0, 1}
