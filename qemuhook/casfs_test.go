@@ -81,7 +81,8 @@ func TestCasfsSwapoutSwapin(t *testing.T) {
 	if away := time.Since(outAt); away < 10*time.Second {
 		time.Sleep(10*time.Second - away)
 	}
-	r := restore(t, ctx, snapA, RestoreOptions{Log: filepath.Join(a.dir, "qemu-restored.log")})
+	// Lazily: the VM runs on a local overlay over the snapshot's disk on casfs.
+	r := restore(t, ctx, snapA, RestoreOptions{LazyDisk: true, Log: filepath.Join(a.dir, "qemu-restored.log")})
 	a.g.Console.Done = r.Exited()
 	checkContinues(t, ctx, a, beforeA, time.Since(outAt))
 }

@@ -27,6 +27,13 @@ type RestoreOptions struct {
 	LocalDir string
 	// Overwrite allows replacing local files that already exist.
 	Overwrite bool
+	// LazyDisk leaves each disk delta in the snapshot and starts the VM on a
+	// fresh local qcow2 overlay whose backing file is the snapshot's copy,
+	// so the VM resumes before its disk is fetched; casfs fetches (and
+	// hash-checks) only the clusters the guest reads. The snapshot's disk
+	// files are then checked for presence and size only, not read whole, and
+	// must stay unchanged while the VM runs: restore from a .snapshots/ path.
+	LazyDisk bool
 	// Paused leaves the restored VM paused instead of continuing it.
 	Paused bool
 	// Log receives QEMU's stdout and stderr (appended); empty discards them.
@@ -77,6 +84,7 @@ func Restore(ctx context.Context, dir string, opts RestoreOptions) (*Machine, er
 	type copyJob struct {
 		file hypervisor.File
 		dst  string
+		lazy bool // make an overlay over the snapshot's file instead of copying
 	}
 	var jobs []copyJob
 	paths := map[string]string{}
@@ -86,7 +94,7 @@ func Restore(ctx context.Context, dir string, opts RestoreOptions) (*Machine, er
 			return nil, &hypervisor.VerifyError{Dir: dir, File: d.File, Err: hypervisor.ErrCorrupt, Detail: "disk not listed in the manifest"}
 		}
 		dst := local(d.Path)
-		jobs = append(jobs, copyJob{f, dst})
+		jobs = append(jobs, copyJob{f, dst, opts.LazyDisk && d.Format == "qcow2"})
 		paths[d.Path] = dst
 	}
 	if man.Mode == ModeRAMFile {
@@ -95,7 +103,7 @@ func Restore(ctx context.Context, dir string, opts RestoreOptions) (*Machine, er
 			return nil, &hypervisor.VerifyError{Dir: dir, Err: hypervisor.ErrCorrupt, Detail: "ram-file snapshot without ram"}
 		}
 		dst := local(cfg.RAMPath)
-		jobs = append(jobs, copyJob{f, dst})
+		jobs = append(jobs, copyJob{f, dst, false})
 		paths[cfg.RAMPath] = dst
 	}
 	for _, j := range jobs {
@@ -115,7 +123,12 @@ func Restore(ctx context.Context, dir string, opts RestoreOptions) (*Machine, er
 			cleanup()
 			return nil, err
 		}
-		if err := hypervisor.CopyOut(dir, j.file, j.dst, p); err != nil {
+		if j.lazy {
+			if err := lazyOverlay(ctx, dir, j.file, j.dst); err != nil {
+				cleanup()
+				return nil, err
+			}
+		} else if err := hypervisor.CopyOut(dir, j.file, j.dst, p); err != nil {
 			cleanup()
 			return nil, err
 		}
@@ -183,6 +196,20 @@ func Restore(ctx context.Context, dir string, opts RestoreOptions) (*Machine, er
 	}
 	m.ramPath = paths[cfg.RAMPath]
 	return m, nil
+}
+
+// lazyOverlay creates dst as a qcow2 overlay over the snapshot's qcow2.
+func lazyOverlay(ctx context.Context, dir string, f hypervisor.File, dst string) error {
+	src, err := filepath.Abs(filepath.Join(dir, f.Name))
+	if err != nil {
+		return err
+	}
+	out, err := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=65536",
+		"-b", src, "-F", "qcow2", dst).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("lazy disk: qemu-img create over %s: %v: %s", src, err, out)
+	}
+	return nil
 }
 
 func fileNamed(man *hypervisor.Manifest, name string) (hypervisor.File, bool) {

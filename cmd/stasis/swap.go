@@ -38,6 +38,7 @@ type swapOptions struct {
 	from      string
 	localDir  string
 	overwrite bool
+	lazyDisk  bool
 	paused    bool
 	qemuLog   string
 
@@ -114,6 +115,7 @@ QEMU runs detached; its QMP socket is the one it had before.`,
 	f.StringVar(&opts.localDir, "local-dir", "", "put the restored disk overlays and RAM file here (default: their original paths)")
 	f.BoolVar(&opts.overwrite, "overwrite", false, "replace local files that already exist")
 	f.BoolVar(&opts.paused, "paused", false, "leave the restored VM paused")
+	f.BoolVar(&opts.lazyDisk, "lazy-disk", false, "run on a local overlay over the snapshot's disk instead of copying it (use a .snapshots/ path)")
 	f.StringVar(&opts.qemuLog, "log", "", "file for QEMU's output (default: discarded)")
 	f.StringVar(&opts.xl, "xl", "xl", "xl binary (Xen snapshots)")
 
@@ -225,7 +227,7 @@ func runSwapin(ctx context.Context, opts *swapOptions, _ []string) error {
 	switch man.Driver {
 	case "qemu":
 		m, err := qemuhook.Restore(ctx, opts.from, qemuhook.RestoreOptions{
-			LocalDir: opts.localDir, Overwrite: opts.overwrite, Paused: opts.paused, Log: opts.qemuLog, Progress: p, Logger: log})
+			LocalDir: opts.localDir, Overwrite: opts.overwrite, LazyDisk: opts.lazyDisk, Paused: opts.paused, Log: opts.qemuLog, Progress: p, Logger: log})
 		finishBar(p)
 		if err != nil {
 			return fmt.Errorf("swapin: %w", err)
