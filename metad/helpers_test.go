@@ -263,3 +263,26 @@ func (e *env) fsckClean(t testing.TB) {
 		t.Fatalf("fsck found %d problems:\n%s", len(rep.Problems), rep)
 	}
 }
+
+// referencedPresent checks that every chunk with a reference count is in
+// its blockd: GC never deleted a referenced chunk.
+func (e *env) referencedPresent(t testing.TB) {
+	t.Helper()
+	n := 0
+	must(t, e.s.Store().View(context.Background(), func(tx Txn) error {
+		return tx.Iterate([]byte{kChunk}, nil, func(k, _ []byte) error {
+			id, err := cas.ChunkIDFromBytes(k[1:])
+			if err != nil {
+				return err
+			}
+			if !e.has(id) {
+				return fmt.Errorf("referenced chunk %s is not in blockd", id.Short())
+			}
+			n++
+			return nil
+		})
+	}))
+	if testing.Verbose() {
+		t.Logf("%d referenced chunks all present", n)
+	}
+}

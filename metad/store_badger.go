@@ -214,3 +214,18 @@ func (b badgerLogger) Errorf(f string, a ...any)   { b.log(slog.LevelWarn, f, a.
 func (b badgerLogger) Warningf(f string, a ...any) { b.log(slog.LevelWarn, f, a...) }
 func (b badgerLogger) Infof(f string, a ...any)    { b.log(slog.LevelDebug, f, a...) }
 func (b badgerLogger) Debugf(f string, a ...any)   { b.log(slog.LevelDebug, f, a...) }
+
+// valueLogGC rewrites value-log files that are mostly garbage (large
+// manifests live there) until none is left or stop closes.
+func (b *BadgerStore) valueLogGC(stop <-chan struct{}) {
+	for {
+		select {
+		case <-stop:
+			return
+		default:
+		}
+		if err := b.db.RunValueLogGC(0.5); err != nil {
+			return // badger.ErrNoRewrite: nothing (more) to do
+		}
+	}
+}
