@@ -661,6 +661,10 @@ func (tx *upTx) createVLANs(bridges map[string]int32, msgs *[]nlMsg) error {
 			if err != nil {
 				return fmt.Errorf("dot1q trunk %q: %w", v.Trunk, err)
 			}
+			// A VLAN device will not come up on a trunk that is down.
+			if trunk.Flags&net.FlagUp == 0 {
+				return fmt.Errorf("dot1q trunk %q is down; bring it up first", v.Trunk)
+			}
 			trunkIdx = int32(trunk.Index)
 		}
 		idx := tx.allocIndex(sw)

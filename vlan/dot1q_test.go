@@ -14,7 +14,7 @@ import (
 func makeTrunk(t *testing.T) string {
 	t.Helper()
 	name := "stxtr" + uniqueExp(t)[1:]
-	if out, err := exec.Command("ip", "link", "add", name, "type", "veth", "peer", "name", name+"p").CombinedOutput(); err != nil {
+	if out, err := exec.Command("ip", "link", "add", name, "up", "type", "veth", "peer", "name", name+"p").CombinedOutput(); err != nil {
 		t.Fatalf("create trunk: %v: %s", err, out)
 	}
 	t.Cleanup(func() {
@@ -75,6 +75,27 @@ func TestDot1Q(t *testing.T) {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error does not mention %q: %v", want, err)
 		}
+	}
+	assertGone(t, exp, before)
+}
+
+func TestDot1QTrunkDown(t *testing.T) {
+	requireRoot(t)
+	a := newTestApplier(t)
+	exp := uniqueExp(t)
+	trunk := makeTrunk(t)
+	if out, err := exec.Command("ip", "link", "set", trunk, "down").CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	cleanupExperiment(t, a, exp)
+	before := hostLinks(t)
+	p, err := NewPlan(dot1qTopology(exp, trunk), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = a.Up(context.Background(), p)
+	if err == nil || !strings.Contains(err.Error(), "is down") {
+		t.Errorf("Up: %v, want an error saying the trunk is down", err)
 	}
 	assertGone(t, exp, before)
 }
