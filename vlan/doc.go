@@ -21,11 +21,22 @@
 //     attaches with a file descriptor from [OpenTap] or by running inside
 //     the switch namespace.
 //   - with the dot1q backend, every LAN also gets an 802.1Q subinterface of
-//     the host's trunk, moved into the switch namespace and enslaved to the
-//     LAN's bridge, which carries the LAN to other hosts.
+//     the host's trunk, created directly in the switch namespace and
+//     enslaved to the LAN's bridge, which carries the LAN to other hosts.
+//     (The kernel this was developed on has no 802.1Q support; that
+//     backend's plan is tested, and its refusal, but it has not run.)
 //
-// Realization is idempotent (applying a plan twice changes nothing) and
-// reversible: [Applier.Down] finds everything by namespace name, so it
-// needs no state record and works after a crash, and a failed
-// [Applier.Up] removes what it created before it returns.
+// Realization is idempotent (applying a plan twice changes nothing, and
+// applying it to a damaged network repairs it) and reversible:
+// [Applier.Down] finds everything by namespace name, so it needs no state
+// record and works after a crash, and a failed [Applier.Up] removes what it
+// created before it returns. [Applier.Show] compares a plan with what
+// exists.
+//
+// Up talks to the kernel in batches: one netlink socket per namespace,
+// opened while the namespace is created, many requests per sendmsg; both
+// ends of a veth pair in one request, the node end placed directly in the
+// node's namespace with a chosen interface index, so no lookups are
+// needed. Before Up returns it makes the kernel apply pending carrier
+// changes, so the network forwards at once.
 package vlan
