@@ -276,6 +276,7 @@ func (p *pipeline) upload(b []*job) ([]cas.Extent, error) {
 				byEP[m.Endpoint] = append(byEP[m.Endpoint], blockd.Chunk{ID: m.ID, Data: j.enc})
 			}
 		}
+		f.log.Debug("upload batch", "chunks", len(b), "offered", len(ids), "missing", len(plan.Missing), "endpoints", len(plan.Endpoints))
 		for ep, chunks := range byEP {
 			err := f.retry(p.ctx, "put chunks", func(ctx context.Context) error {
 				return f.transport.Put(ctx, plan.Endpoints[ep], plan.Token, chunks)

@@ -138,7 +138,8 @@ type Options struct {
 	Blocks *Blocks
 	// Meta to use instead of opening one (multi-mount tests).
 	Meta metad.API
-	// FS tunes the casfs config (Meta, Transport, StagingDir are filled in).
+	// FS tunes the casfs config (Meta, StagingDir and, when nil, Transport
+	// are filled in).
 	FS casfs.Config
 	// Policy is metad's default chunker policy (zero: metad's default).
 	Policy cas.Policy
@@ -213,7 +214,9 @@ func New(t testing.TB, o Options) *Env {
 	}
 	cfg := o.FS
 	cfg.Meta = e.Meta
-	cfg.Transport = casfs.StoreTransport{Store: e.Blocks}
+	if cfg.Transport == nil {
+		cfg.Transport = casfs.StoreTransport{Store: e.Blocks}
+	}
 	if cfg.StagingDir == "" {
 		cfg.StagingDir = t.TempDir()
 	}
