@@ -3,6 +3,7 @@ package metad
 import (
 	"context"
 	"fmt"
+	"net/http/httptest"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -195,4 +196,43 @@ func BenchmarkSnapshot10k(b *testing.B) {
 		}
 	}
 	b.ReportMetric(b.Elapsed().Seconds()/float64(b.N), "s/snapshot")
+}
+
+// BenchmarkHTTPLookup and BenchmarkHTTPCreate: the same operations through
+// Client -> loopback HTTP -> Server -> Service.
+func BenchmarkHTTPLookup(b *testing.B) {
+	e := benchEnv(b, false)
+	fillDir(b, e, RootIno, 1000)
+	c := benchClient(b, e)
+	ctx := context.Background()
+	b.ResetTimer()
+	for i := 0; b.Loop(); i++ {
+		if _, err := c.Lookup(ctx, Node{Ino: RootIno}, fmt.Sprintf("f%06d", i%1000)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "ops/s")
+}
+
+func BenchmarkHTTPCreate(b *testing.B) {
+	e := benchEnv(b, true)
+	c := benchClient(b, e)
+	ctx := context.Background()
+	b.ResetTimer()
+	for i := 0; b.Loop(); i++ {
+		if _, err := c.Create(ctx, CreateRequest{Parent: RootIno, Name: fmt.Sprintf("f%d", i), Mode: syscall.S_IFREG | 0o644}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "ops/s")
+}
+
+func benchClient(b *testing.B, e *env) *Client {
+	srv, err := NewServer(e.s, ServerConfig{Keyring: e.kr})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ts := httptest.NewServer(srv)
+	b.Cleanup(ts.Close)
+	return NewClient(ts.URL, e.kr, "bench", ts.Client())
 }
