@@ -408,3 +408,31 @@ func TestConfigValidation(t *testing.T) {
 		t.Fatalf("tiny InFlightBytes: %v", err)
 	}
 }
+
+// TestTransientOutageIsRetried: a block store that is unavailable for a
+// moment (shorter than RetryDeadline) costs time, not data; one that stays
+// down past the deadline makes the flush fail.
+func TestTransientOutageIsRetried(t *testing.T) {
+	e := testenv.New(t, testenv.Options{FS: casfs.Config{RetryDeadline: 2 * time.Second}})
+	data := content(12, 2<<20)
+	unavailable := fmt.Errorf("blockd: %w", metad.ErrUnavailable)
+
+	e.Blocks.FailPut(unavailable)
+	go func() { time.Sleep(300 * time.Millisecond); e.Blocks.FailPut(nil) }()
+	h, n := create(t, e, "f", "fixed:64k")
+	writeAll(t, h, data, 0, 1<<20)
+	mustClose(t, h)
+	h = open(t, e, n, syscall.O_RDONLY)
+	if got := readAll(t, h, len(data)); !bytes.Equal(got, data) {
+		t.Fatal("content differs after a retried outage")
+	}
+	mustClose(t, h)
+
+	e.Blocks.FailPut(unavailable)
+	h, _ = create(t, e, "g", "fixed:64k")
+	writeAll(t, h, content(13, 1<<20), 0, 1<<20)
+	if err := h.Flush(ctxT(t)); !errors.Is(err, metad.ErrUnavailable) {
+		t.Fatalf("flush during a long outage: %v", err)
+	}
+	h.Release(ctxT(t))
+}
