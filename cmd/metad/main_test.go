@@ -198,7 +198,14 @@ func manifestOf(ids ...cas.ChunkID) cas.Manifest {
 
 func runFsckCmd(t *testing.T, data string) (int, string) {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "fsck", "--data", data)
+	return runMetad(t, "fsck", "--data", data)
+}
+
+// runMetad runs this test binary as metad with args and returns its exit
+// code and output.
+func runMetad(t *testing.T, args ...string) (int, string) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], args...)
 	cmd.Env = append(os.Environ(), "METAD_TEST_MAIN=1")
 	out, err := cmd.CombinedOutput()
 	var ee *exec.ExitError
