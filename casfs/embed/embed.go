@@ -67,8 +67,10 @@ func Open(cfg Config) (*Stores, error) {
 		return nil, fmt.Errorf("embed: block store: %w", err)
 	}
 	// metad's memtable size also bounds one transaction, hence the largest
-	// manifest it can commit; keep its default even when Small.
-	bo := metad.BadgerOptions{SyncWrites: !cfg.NoSync, Logger: cfg.Logger}
+	// manifest it can commit (one file's commit is one transaction). 128 MiB
+	// commits a 4 GiB file of unique data in 64 KiB chunks; it costs about
+	// that much heap.
+	bo := metad.BadgerOptions{SyncWrites: !cfg.NoSync, Logger: cfg.Logger, MemTableSize: 128 << 20}
 	if cfg.Small {
 		bo.BlockCacheSize, bo.IndexCacheSize = 8<<20, 4<<20
 	}
