@@ -94,6 +94,13 @@ type BadgerStore struct {
 	statsMu sync.Mutex
 	stats   Stats
 
+	// pending counts chunks committed by a Put whose sync has not
+	// finished: visible in badger, maybe not yet durable. Get and Missing
+	// wait for a sync before reporting one, so no caller is told a chunk
+	// exists that a crash could still lose.
+	pendMu  sync.Mutex
+	pending map[cas.ChunkID]int
+
 	dir      string
 	minFree  int64
 	spaceMu  sync.Mutex
@@ -139,7 +146,8 @@ func OpenBadger(cfg BadgerConfig) (*BadgerStore, error) {
 	if err != nil {
 		return nil, fmt.Errorf("blockd: open badger in %s: %w", cfg.Dir, err)
 	}
-	s := &BadgerStore{db: db, log: cfg.Logger, done: make(chan struct{}), dir: cfg.Dir, minFree: cfg.MinFreeBytes}
+	s := &BadgerStore{db: db, log: cfg.Logger, done: make(chan struct{}), dir: cfg.Dir, minFree: cfg.MinFreeBytes,
+		pending: map[cas.ChunkID]int{}}
 	s.gs = newGroupSync(db.Sync)
 	if err := s.count(); err != nil {
 		db.Close()
@@ -252,7 +260,43 @@ func (s *BadgerStore) Get(ctx context.Context, id cas.ChunkID) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("blockd: get %s: %w", id.Short(), err)
 	}
+	if err := s.awaitDurable([]cas.ChunkID{id}); err != nil {
+		return nil, err
+	}
 	return out, nil
+}
+
+// awaitDurable returns once every one of the (present) ids is durable: if
+// any is pending, it waits for a sync that starts now.
+func (s *BadgerStore) awaitDurable(present []cas.ChunkID) error {
+	s.pendMu.Lock()
+	wait := false
+	if len(s.pending) > 0 {
+		for _, id := range present {
+			if s.pending[id] > 0 {
+				wait = true
+				break
+			}
+		}
+	}
+	s.pendMu.Unlock()
+	if !wait {
+		return nil
+	}
+	if err := s.gs.Sync(); err != nil {
+		return s.wrapErr("sync", err)
+	}
+	return nil
+}
+
+func (s *BadgerStore) setPending(ids []cas.ChunkID, delta int) {
+	s.pendMu.Lock()
+	defer s.pendMu.Unlock()
+	for _, id := range ids {
+		if s.pending[id] += delta; s.pending[id] <= 0 {
+			delete(s.pending, id)
+		}
+	}
 }
 
 // Missing implements Store.
@@ -261,7 +305,7 @@ func (s *BadgerStore) Missing(ctx context.Context, ids []cas.ChunkID) ([]cas.Chu
 		return nil, err
 	}
 	defer s.leave()
-	var out []cas.ChunkID
+	var out, present []cas.ChunkID
 	err := s.db.View(func(txn *badger.Txn) error {
 		for i, id := range ids {
 			if i%1024 == 0 {
@@ -275,12 +319,17 @@ func (s *BadgerStore) Missing(ctx context.Context, ids []cas.ChunkID) ([]cas.Chu
 				out = append(out, id)
 			case err != nil:
 				return err
+			default:
+				present = append(present, id)
 			}
 		}
 		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("blockd: missing: %w", err)
+	}
+	if err := s.awaitDurable(present); err != nil {
+		return nil, err
 	}
 	return out, nil
 }
@@ -301,8 +350,11 @@ func (s *BadgerStore) Put(ctx context.Context, chunks []Chunk) error {
 		return err
 	}
 	defer release()
+	var written []cas.ChunkID
+	defer func() { s.setPending(written, -1) }()
 	for len(chunks) > 0 {
-		n, err := s.putTxn(chunks)
+		n, w, err := s.putTxn(chunks)
+		written = append(written, w...)
 		if err != nil {
 			return s.wrapErr("put", err)
 		}
@@ -343,10 +395,13 @@ func (s *BadgerStore) reserve(chunks []Chunk) (release func(), err error) {
 	}, nil
 }
 
-// putTxn commits a prefix of chunks in one transaction and returns its length.
-func (s *BadgerStore) putTxn(chunks []Chunk) (int, error) {
+// putTxn commits a prefix of chunks in one transaction and returns its
+// length and the IDs it wrote, which it has marked pending (the caller
+// unmarks them after its sync).
+func (s *BadgerStore) putTxn(chunks []Chunk) (int, []cas.ChunkID, error) {
 	for {
 		var added Stats
+		var written []cas.ChunkID
 		txn := s.db.NewTransaction(true)
 		n := 0
 		var err error
@@ -362,27 +417,33 @@ func (s *BadgerStore) putTxn(chunks []Chunk) (int, error) {
 				break
 			}
 			added.add(c.Data, 1)
+			written = append(written, c.ID)
 			n++
 		}
 		if errors.Is(err, badger.ErrTxnTooBig) && n > 0 {
 			err = nil // commit what fits; the caller sends the rest
 		}
 		if err == nil {
-			err = txn.Commit()
+			// Pending before visible: a reader that sees the key
+			// also sees it pending until the sync.
+			s.setPending(written, 1)
+			if err = txn.Commit(); err != nil {
+				s.setPending(written, -1)
+			}
 		}
 		txn.Discard()
 		if errors.Is(err, badger.ErrConflict) {
 			continue // a concurrent Put wrote one of these keys: recheck
 		}
 		if err != nil {
-			return 0, err
+			return 0, nil, err
 		}
 		s.statsMu.Lock()
 		s.stats.Chunks += added.Chunks
 		s.stats.EncodedBytes += added.EncodedBytes
 		s.stats.RawBytes += added.RawBytes
 		s.statsMu.Unlock()
-		return n, nil
+		return n, written, nil
 	}
 }
 
