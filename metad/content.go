@@ -232,11 +232,7 @@ func (s *Service) Commit(ctx context.Context, req CommitRequest) (Attr, error) {
 		case req.ExpectGen != 0 && n.Gen != req.ExpectGen:
 			return fmt.Errorf("%w: inode %d is at generation %d, not %d", ErrConflict, req.Ino, n.Gen, req.ExpectGen)
 		}
-		mid, err := t.putManifest(&m, func(id cas.ChunkID) bool { return ok[id] })
-		if err != nil {
-			return err
-		}
-		if err := t.setContent(req.Ino, n, mid, &m); err != nil {
+		if err := t.swapManifest(req.Ino, n, &m, func(id cas.ChunkID) bool { return ok[id] }); err != nil {
 			return err
 		}
 		if !req.Mtime.IsZero() {

@@ -337,3 +337,63 @@ func TestOrphansReclaimedAtStart(t *testing.T) {
 	}
 	e.fsckClean(t)
 }
+
+// TestCommitMovesReferences: rewriting a file whose manifest no snapshot
+// shares changes only the counts of chunks that appear or disappear.
+func TestCommitMovesReferences(t *testing.T) {
+	e := newEnv(t, false, 1)
+	ctx := context.Background()
+	s := e.s
+	ids := e.put(t, chunkData(1), chunkData(2), chunkData(3), chunkData(4))
+	f := e.mkfile(t, RootIno, "f")
+	g := e.mkfile(t, RootIno, "g")
+	_, err := s.Commit(ctx, CommitRequest{Ino: f.Ino, Manifest: manifestOf(ids[0], ids[1], ids[2], ids[1])})
+	must(t, err)
+	_, err = s.Commit(ctx, CommitRequest{Ino: g.Ino, Manifest: manifestOf(ids[0])})
+	must(t, err)
+	count := func(id cas.ChunkID) uint64 {
+		var n uint64
+		must(t, s.st.View(ctx, func(tx Txn) error {
+			b, err := tx.Get(chunkKey(id))
+			if errors.Is(err, ErrNoKey) {
+				return nil
+			}
+			n, _, err = decodeChunkRec(b)
+			return err
+		}))
+		return n
+	}
+	if count(ids[0]) != 2 || count(ids[1]) != 1 {
+		t.Fatalf("counts %d %d", count(ids[0]), count(ids[1]))
+	}
+	// f: {0,1,2} -> {1,2,3}: 0 loses f's reference (g keeps it), 3 appears.
+	_, err = s.Commit(ctx, CommitRequest{Ino: f.Ino, Manifest: manifestOf(ids[1], ids[2], ids[3])})
+	must(t, err)
+	for i, want := range []uint64{1, 1, 1, 1} {
+		if got := count(ids[i]); got != want {
+			t.Fatalf("chunk %d count %d, want %d", i, got, want)
+		}
+	}
+	// The same manifest again: nothing changes but the generation.
+	a, err := s.Commit(ctx, CommitRequest{Ino: f.Ino, Manifest: manifestOf(ids[1], ids[2], ids[3])})
+	must(t, err)
+	if a.Gen != 3 {
+		t.Fatalf("gen %d", a.Gen)
+	}
+	// A missing chunk in the move path changes nothing.
+	_, err = s.Commit(ctx, CommitRequest{Ino: f.Ino, Manifest: manifestOf(ids[1], cas.Sum([]byte("ghost")))})
+	wantErr(t, err, ErrMissingChunk)
+	if count(ids[2]) != 1 || count(ids[3]) != 1 {
+		t.Fatal("failed commit changed counts")
+	}
+	// g: {0} -> {}: 0 dies.
+	_, err = s.Commit(ctx, CommitRequest{Ino: g.Ino, Manifest: cas.Manifest{Policy: cas.Fixed(4096)}})
+	must(t, err)
+	if count(ids[0]) != 0 {
+		t.Fatal("chunk 0 still counted")
+	}
+	if d, _ := s.DeadChunks(ctx); d != 1 {
+		t.Fatalf("dead %d", d)
+	}
+	e.fsckClean(t)
+}

@@ -171,6 +171,82 @@ func (t *tx) setContent(ino Ino, n *inode, mid uint64, m *cas.Manifest) error {
 	return nil
 }
 
+// swapManifest makes m the content of live regular file n. When the old
+// manifest has no other reference (no snapshot shares it), the file's
+// reference moves to the new manifest chunk by chunk: only chunks that
+// appear or disappear change their counts, so rewriting a large file with
+// few changed chunks costs writes in proportion to the change. Otherwise
+// the new manifest counts all its chunks and the old one loses a reference.
+func (t *tx) swapManifest(ino Ino, n *inode, m *cas.Manifest, ok func(cas.ChunkID) bool) error {
+	if n.MID != 0 {
+		b, err := t.t.Get(mrefKey(n.MID))
+		if err != nil {
+			return fmt.Errorf("metad: manifest %d has no reference count: %w", n.MID, err)
+		}
+		if getU64(b) == 1 {
+			return t.moveManifest(ino, n, m, ok)
+		}
+	}
+	mid, err := t.putManifest(m, ok)
+	if err != nil {
+		return err
+	}
+	return t.setContent(ino, n, mid, m)
+}
+
+func (t *tx) moveManifest(ino Ino, n *inode, m *cas.Manifest, ok func(cas.ChunkID) bool) error {
+	enc, err := m.MarshalBinary()
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	old, err := t.manifest(n.MID)
+	if err != nil {
+		return err
+	}
+	oldIDs := old.ChunkIDs()
+	had := make(map[cas.ChunkID]bool, len(oldIDs))
+	for _, id := range oldIDs {
+		had[id] = true
+	}
+	has := make(map[cas.ChunkID]bool, len(m.Extents))
+	for _, e := range m.Extents {
+		if e.Hole || has[e.ID] {
+			continue
+		}
+		has[e.ID] = true
+		if !had[e.ID] {
+			if err := t.incChunk(e.ID, e.Length, ok); err != nil {
+				return err
+			}
+		}
+	}
+	for _, id := range oldIDs {
+		if !has[id] {
+			if err := t.decChunk(id); err != nil {
+				return err
+			}
+		}
+	}
+	mid, err := t.s.st.NextID("mid")
+	if err != nil {
+		return err
+	}
+	for _, op := range []struct {
+		k, v []byte
+	}{{manifestKey(n.MID), nil}, {mrefKey(n.MID), nil}, {manifestKey(mid), enc}, {mrefKey(mid), u64(nil, 1)}} {
+		if op.v == nil {
+			err = t.t.Delete(op.k)
+		} else {
+			err = t.t.Set(op.k, op.v)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	n.MID = 0 // released above; setContent must not release it again
+	return t.setContent(ino, n, mid, m)
+}
+
 // dropInode deletes live inode ino (link count zero, not open): its record,
 // its orphan mark, its manifest reference.
 func (t *tx) dropInode(ino Ino, n *inode) error {
