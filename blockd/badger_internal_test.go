@@ -21,6 +21,12 @@ func TestPendingChunksWaitForSync(t *testing.T) {
 	}
 	defer s.Close()
 	release := make(chan struct{})
+	released := false
+	defer func() { // on failure too: the blocked Put must finish before Close
+		if !released {
+			close(release)
+		}
+	}()
 	s.gs = newGroupSync(func() error { <-release; return s.db.Sync() })
 
 	raw := []byte("a chunk whose sync is slow")
@@ -58,6 +64,7 @@ func TestPendingChunksWaitForSync(t *testing.T) {
 	case <-time.After(100 * time.Millisecond):
 	}
 	close(release)
+	released = true
 	if err := <-putDone; err != nil {
 		t.Fatal(err)
 	}
