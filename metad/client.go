@@ -256,6 +256,15 @@ func (c *Client) Stats(ctx context.Context) (Stats, error) {
 // chunks it deleted.
 func (c *Client) GC(ctx context.Context) (int, error) {
 	var r gcResp
-	err := c.call(ctx, "gc", empty{}, &r)
+	err := c.call(ctx, "gc", gcReq{}, &r)
 	return r.Deleted, err
+}
+
+// Sweep asks metad for a garbage collection pass followed by a sweep of
+// every blockd for unreferenced chunks, and returns the number of chunks
+// each deleted.
+func (c *Client) Sweep(ctx context.Context) (gc, swept int, err error) {
+	var r gcResp
+	err = c.call(ctx, "gc", gcReq{Sweep: true}, &r)
+	return r.Deleted, r.Swept, err
 }

@@ -116,6 +116,9 @@ func (s *Service) PrepareUpload(ctx context.Context, ids []cas.ChunkID) (UploadP
 	for _, id := range ids {
 		if missing[id] || collecting[id] {
 			plan.Missing = append(plan.Missing, MissingChunk{ID: id, Endpoint: uint16(s.Place(id))})
+			if s.expect[id].Before(exp) {
+				s.expect[id] = exp
+			}
 		} else if s.pins[id].Before(exp) {
 			s.pins[id] = exp
 		}

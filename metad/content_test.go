@@ -397,3 +397,58 @@ func TestCommitMovesReferences(t *testing.T) {
 	}
 	e.fsckClean(t)
 }
+
+// TestSweep: chunks uploaded but never committed are deleted by Sweep,
+// except those a client is still expected to commit (within its plan's
+// life) or that are pinned; referenced and dead-tracked chunks are left to
+// their owners.
+func TestSweep(t *testing.T) {
+	eachStore(t, func(t *testing.T, e *env) {
+		ctx := context.Background()
+		s := e.s
+		ids := e.put(t, chunkData(1), chunkData(2), chunkData(3), chunkData(4))
+		stray, ref, dead, pinned := ids[0], ids[1], ids[2], ids[3]
+		f := e.mkfile(t, RootIno, "f")
+		_, err := s.Commit(ctx, CommitRequest{Ino: f.Ino, Manifest: manifestOf(ref, dead)})
+		must(t, err)
+		_, err = s.Commit(ctx, CommitRequest{Ino: f.Ino, Manifest: manifestOf(ref)}) // dead: count 0, dead set
+		must(t, err)
+		_, err = s.PrepareUpload(ctx, []cas.ChunkID{pinned}) // present, uncommitted: pinned
+		must(t, err)
+		fresh := cas.Sum(chunkData(5))
+		plan, err := s.PrepareUpload(ctx, []cas.ChunkID{fresh})
+		must(t, err)
+		if len(plan.Missing) != 1 {
+			t.Fatal("fresh chunk not missing")
+		}
+		e.put(t, chunkData(5)) // uploaded, commit still to come
+		n, err := s.Sweep(ctx)
+		must(t, err)
+		if n != 1 || e.has(stray) {
+			t.Fatalf("sweep deleted %d; stray present %v", n, e.has(stray))
+		}
+		for i, id := range []cas.ChunkID{ref, dead, pinned, fresh} {
+			if !e.has(id) {
+				t.Fatalf("sweep deleted protected chunk %d", i)
+			}
+		}
+		g := e.mkfile(t, RootIno, "g")
+		_, err = s.Commit(ctx, CommitRequest{Ino: g.Ino, Manifest: manifestOf(fresh)})
+		must(t, err)
+		// After every plan expires: the pinned-but-never-committed chunk is
+		// swept, the dead one is GC's, the committed ones stay.
+		e.clock.Add(time.Hour)
+		n, err = s.Sweep(ctx)
+		must(t, err)
+		if n != 1 || e.has(pinned) || !e.has(ref) || !e.has(fresh) || !e.has(dead) {
+			t.Fatalf("second sweep deleted %d (pinned %v ref %v fresh %v dead %v)", n, e.has(pinned), e.has(ref), e.has(fresh), e.has(dead))
+		}
+		n, err = s.GC(ctx)
+		must(t, err)
+		if n != 1 || e.has(dead) {
+			t.Fatal("GC did not collect the dead chunk")
+		}
+		e.fsckClean(t)
+		e.referencedPresent(t)
+	})
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"stasis/blockd"
 	"stasis/cas"
 )
 
@@ -78,9 +79,11 @@ func (s *Service) prunePins() {
 	now := s.now()
 	s.pinMu.Lock()
 	defer s.pinMu.Unlock()
-	for id, exp := range s.pins {
-		if !now.Before(exp) {
-			delete(s.pins, id)
+	for _, m := range []map[cas.ChunkID]time.Time{s.pins, s.expect} {
+		for id, exp := range m {
+			if !now.Before(exp) {
+				delete(m, id)
+			}
 		}
 	}
 }
@@ -176,6 +179,7 @@ func (s *Service) gcLoop() {
 	wait = max(wait, s.cfg.GCInterval)
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
+	lastSweep := s.now()
 	for {
 		select {
 		case <-s.stop:
@@ -183,6 +187,7 @@ func (s *Service) gcLoop() {
 		case <-timer.C:
 		}
 		ctx, cancel := context.WithCancel(context.Background())
+		sweep := s.cfg.SweepInterval > 0 && !s.now().Before(lastSweep.Add(s.cfg.SweepInterval))
 		go func() {
 			select {
 			case <-s.stop:
@@ -192,6 +197,12 @@ func (s *Service) gcLoop() {
 		}()
 		if n, err := s.GC(ctx); err != nil {
 			s.log.Warn("gc pass failed", "deleted", n, "err", err)
+		}
+		if sweep {
+			lastSweep = s.now()
+			if n, err := s.Sweep(ctx); err != nil {
+				s.log.Warn("sweep failed", "deleted", n, "err", err)
+			}
 		}
 		if err := s.compactStats(ctx); err != nil {
 			s.log.Warn("stats compaction failed", "err", err)
@@ -211,4 +222,114 @@ func (s *Service) DeadChunks(ctx context.Context) (int, error) {
 		return t.Iterate([]byte{kDead}, nil, func(_, _ []byte) error { n++; return nil })
 	})
 	return n, err
+}
+
+// sweepBatch bounds the unknown chunks one Sweep step handles.
+const sweepBatch = 4096
+
+// Sweep lists every blockd server and deletes the chunks that no manifest
+// references and that are not dead-tracked (GC handles those), not pinned,
+// not held by a commit, and not expected from a client that was told to
+// upload them within its plan's life: chunks uploaded for commits that never
+// came. It returns the number deleted. Like GC, it marks what it deletes as
+// collecting and re-checks the counts first, so it never deletes a chunk a
+// commit accepted.
+func (s *Service) Sweep(ctx context.Context) (int, error) {
+	s.gcMu.Lock()
+	defer s.gcMu.Unlock()
+	s.prunePins()
+	deleted := 0
+	for i, b := range s.cfg.Blocks {
+		var batch []cas.ChunkID
+		flush := func() error {
+			n, err := s.sweepBatch(ctx, i, batch)
+			deleted += n
+			batch = batch[:0]
+			return err
+		}
+		err := b.Store.List(ctx, func(ci blockd.ChunkInfo) error {
+			batch = append(batch, ci.ID)
+			if len(batch) >= sweepBatch {
+				return flush()
+			}
+			return nil
+		})
+		if err == nil && len(batch) > 0 {
+			err = flush()
+		}
+		if err != nil {
+			return deleted, fmt.Errorf("%w: sweeping blockd %s: %v", ErrUnavailable, s.endpoints[i].Name, err)
+		}
+	}
+	return deleted, nil
+}
+
+func (s *Service) sweepBatch(ctx context.Context, ep int, ids []cas.ChunkID) (int, error) {
+	// First filter without marks (cheap): drop chunks metad knows.
+	var unknown []cas.ChunkID
+	err := s.st.View(ctx, func(t Txn) error {
+		for _, id := range ids {
+			known := false
+			for _, k := range [][]byte{chunkKey(id), deadKey(id)} {
+				if _, err := t.Get(k); err == nil {
+					known = true
+				} else if !errors.Is(err, ErrNoKey) {
+					return err
+				}
+			}
+			if !known {
+				unknown = append(unknown, id)
+			}
+		}
+		return nil
+	})
+	if err != nil || len(unknown) == 0 {
+		return 0, err
+	}
+	now := s.now()
+	var mine []cas.ChunkID
+	s.pinMu.Lock()
+	for _, id := range unknown {
+		if exp, ok := s.pins[id]; ok && now.Before(exp) {
+			continue
+		}
+		if exp, ok := s.expect[id]; ok && now.Before(exp) {
+			continue
+		}
+		if _, c := s.collecting[id]; c || s.holds[id] > 0 {
+			continue
+		}
+		s.collecting[id] = struct{}{}
+		mine = append(mine, id)
+	}
+	s.pinMu.Unlock()
+	defer func() {
+		s.pinMu.Lock()
+		for _, id := range mine {
+			delete(s.collecting, id)
+		}
+		s.pinMu.Unlock()
+	}()
+	// Re-check under the marks: a commit may have counted some meanwhile.
+	var gone []cas.ChunkID
+	err = s.st.View(ctx, func(t Txn) error {
+		for _, id := range mine {
+			_, err1 := t.Get(chunkKey(id))
+			_, err2 := t.Get(deadKey(id))
+			if errors.Is(err1, ErrNoKey) && errors.Is(err2, ErrNoKey) {
+				gone = append(gone, id)
+			} else if err1 != nil && !errors.Is(err1, ErrNoKey) {
+				return err1
+			}
+		}
+		return nil
+	})
+	if err != nil || len(gone) == 0 {
+		return 0, err
+	}
+	if err := s.cfg.Blocks[ep].Store.Delete(ctx, gone); err != nil {
+		return 0, err
+	}
+	s.log.Info("sweep deleted unreferenced chunks", "blockd", s.endpoints[ep].Name, "count", len(gone))
+	return len(gone), nil
 }

@@ -54,6 +54,7 @@ type Server struct {
 // gcer is implemented by *Service; the server exposes it as /v1/gc.
 type gcer interface {
 	GC(ctx context.Context) (int, error)
+	Sweep(ctx context.Context) (int, error)
 }
 
 // NewServer builds the HTTP handler.
@@ -242,9 +243,14 @@ func (s *Server) routes() {
 	})
 	handle(s, "stats", func(ctx context.Context, r *empty) (any, error) { return a.Stats(ctx) })
 	if g, ok := a.(gcer); ok {
-		handle(s, "gc", func(ctx context.Context, r *empty) (any, error) {
-			n, err := g.GC(ctx)
-			return gcResp{n}, err
+		handle(s, "gc", func(ctx context.Context, r *gcReq) (any, error) {
+			var resp gcResp
+			var err error
+			if resp.Deleted, err = g.GC(ctx); err != nil || !r.Sweep {
+				return resp, err
+			}
+			resp.Swept, err = g.Sweep(ctx)
+			return resp, err
 		})
 	}
 }

@@ -54,6 +54,10 @@ type Config struct {
 	// disables it (call GC yourself). The first pass runs no earlier than
 	// TokenTTL after Open, because pins do not survive a restart.
 	GCInterval time.Duration
+	// SweepInterval is the period of Sweep (listing every blockd for chunks
+	// that nothing references, e.g. uploaded but never committed), run by
+	// the GC loop; 0 never sweeps in the background.
+	SweepInterval time.Duration
 	// DefaultPolicy is the chunker policy of new files when neither the
 	// request nor an ancestor's user.casfs.chunker xattr names one.
 	// Default fixed:64k.
@@ -84,7 +88,7 @@ func (c *Config) validate() error {
 		}
 		names[b.Endpoint.Name] = true
 	}
-	if c.TokenTTL < 0 || c.GCInterval < 0 {
+	if c.TokenTTL < 0 || c.GCInterval < 0 || c.SweepInterval < 0 {
 		return fmt.Errorf("%w: negative duration in config", ErrInvalid)
 	}
 	if c.DefaultPolicy != (cas.Policy{}) {
@@ -113,6 +117,7 @@ type Service struct {
 	// pinMu guards the chunk coordination between uploads, commits and GC.
 	pinMu      sync.Mutex
 	pins       map[cas.ChunkID]time.Time // chunks PrepareUpload reported present
+	expect     map[cas.ChunkID]time.Time // chunks PrepareUpload asked a client to upload (Sweep spares them)
 	holds      map[cas.ChunkID]int       // chunks a commit is verifying
 	collecting map[cas.ChunkID]struct{}  // chunks GC is deleting from blockd
 
@@ -142,7 +147,7 @@ func Open(cfg Config) (*Service, error) {
 	}
 	s := &Service{
 		cfg: cfg, log: cfg.Logger, now: cfg.Now, policy: cfg.DefaultPolicy,
-		pins: map[cas.ChunkID]time.Time{}, holds: map[cas.ChunkID]int{}, collecting: map[cas.ChunkID]struct{}{},
+		pins: map[cas.ChunkID]time.Time{}, expect: map[cas.ChunkID]time.Time{}, holds: map[cas.ChunkID]int{}, collecting: map[cas.ChunkID]struct{}{},
 		opens: map[Ino]int{},
 	}
 	if s.log == nil {

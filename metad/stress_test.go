@@ -84,6 +84,8 @@ func TestConcurrentNamespaceStress(t *testing.T) {
 						if l, _ := s.ListSnapshots(ctx, 0); len(l) > 0 {
 							err = s.DeleteSnapshot(ctx, l[0].Dir, l[0].Name)
 						}
+					} else if i%2 == 0 {
+						_, err = s.Sweep(ctx)
 					} else {
 						_, err = s.GC(ctx)
 					}

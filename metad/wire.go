@@ -84,8 +84,12 @@ type listSnapReq struct {
 type listSnapResp struct {
 	Snapshots []Snapshot `json:"snapshots"`
 }
+type gcReq struct {
+	Sweep bool `json:"sweep,omitempty"`
+}
 type gcResp struct {
 	Deleted int `json:"deleted"`
+	Swept   int `json:"swept,omitempty"`
 }
 type empty struct{}
 

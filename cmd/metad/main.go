@@ -35,6 +35,7 @@ type serveOptions struct {
 	small      bool
 	sync       bool
 	gcInterval time.Duration
+	sweep      time.Duration
 	tokenTTL   time.Duration
 	policy     string
 }
@@ -75,6 +76,7 @@ SIGTERM or SIGINT stops metad gracefully; SIGKILL loses nothing committed.`,
 	f.BoolVar(&o.small, "small", false, "use small badger caches and memtables (tests, small machines)")
 	f.BoolVar(&o.sync, "sync", true, "fsync every commit (durable against power loss, not only process crashes)")
 	f.DurationVar(&o.gcInterval, "gc-interval", 5*time.Minute, "garbage collection period (0 disables)")
+	f.DurationVar(&o.sweep, "sweep-interval", time.Hour, "period of sweeping every blockd for chunks nothing references (0 disables)")
 	f.DurationVar(&o.tokenTTL, "token-ttl", 10*time.Minute, "life of get/put tokens and of upload pins")
 	f.StringVar(&o.policy, "default-policy", "fixed:64k", "chunker policy of new files without one")
 	cmd.AddCommand(newFsckCmd())
@@ -154,7 +156,7 @@ func runServe(ctx context.Context, o serveOptions) error {
 	}
 	hc := &http.Client{Timeout: 2 * time.Minute}
 	cfg := metad.Config{
-		Dir: o.data, Keyring: keys, TokenTTL: o.tokenTTL, GCInterval: o.gcInterval,
+		Dir: o.data, Keyring: keys, TokenTTL: o.tokenTTL, GCInterval: o.gcInterval, SweepInterval: o.sweep,
 		DefaultPolicy: policy, Logger: log,
 		Badger: metad.BadgerOptions{SyncWrites: o.sync, Logger: log.With("component", "badger")},
 	}

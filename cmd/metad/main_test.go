@@ -308,6 +308,26 @@ func TestTwoBlockdPlacement(t *testing.T) {
 			t.Fatalf("extent %d (pinned %v) after GC: %v", i, pinned, err)
 		}
 	}
+	// A chunk uploaded straight to "west" and never committed: Sweep
+	// finds and deletes it there.
+	stray := chunk(999)
+	strayID := cas.Sum(stray)
+	putTok, _ := keys.Mint(cas.Claims{Ops: cas.OpPut | cas.OpGet, Scope: "west", Expiry: time.Now().Add(time.Minute)})
+	west := blockd.NewClient(b1.url(), func(cas.Op) (string, error) { return putTok, nil }, nil)
+	if err := west.Put(ctx, []blockd.Chunk{{ID: strayID, Data: cas.Encode(nil, stray)}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, swept, err := c.Sweep(ctx); err != nil || swept != 1 {
+		t.Fatalf("sweep: %d, %v", swept, err)
+	}
+	if _, err := west.Get(ctx, strayID); !errors.Is(err, blockd.ErrNotFound) {
+		t.Fatalf("stray chunk after sweep: %v", err)
+	}
+	for i, e := range rp.Manifest.Extents[:10] {
+		if _, err := readers[rp.Location[i]].Get(ctx, e.ID); err != nil {
+			t.Fatalf("sweep deleted pinned extent %d: %v", i, err)
+		}
+	}
 	md.stop(t)
 	if code, out := runFsckCmd(t, strings.TrimSpace(argValue(md.cmd.Args, "--data"))); code != 0 {
 		t.Fatalf("fsck exit %d:\n%s", code, out)
