@@ -341,29 +341,80 @@ func (s *BadgerStore) Put(ctx context.Context, chunks []Chunk) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if err := s.enter(); err != nil {
+	p, err := s.beginPut()
+	if err != nil {
 		return err
 	}
-	defer s.leave()
-	release, err := s.reserve(chunks)
+	defer p.close()
+	if err := p.write(ctx, chunks); err != nil {
+		return err
+	}
+	return p.commit()
+}
+
+// putSession writes several batches that become durable together, so a
+// streamed request can store one batch while it reads the next and still
+// sync only once: write commits a batch (visible, marked pending), commit
+// syncs once for everything written, close (always called) makes sure of a
+// sync, unmarks the chunks and releases the store.
+type putSession struct {
+	s       *BadgerStore
+	written []cas.ChunkID
+	synced  bool
+}
+
+// sessionStore is implemented by stores with put sessions (BadgerStore).
+type sessionStore interface {
+	beginPut() (*putSession, error)
+}
+
+func (s *BadgerStore) beginPut() (*putSession, error) {
+	if err := s.enter(); err != nil {
+		return nil, err
+	}
+	return &putSession{s: s}, nil
+}
+
+func (p *putSession) write(ctx context.Context, chunks []Chunk) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	release, err := p.s.reserve(chunks)
 	if err != nil {
 		return err
 	}
 	defer release()
-	var written []cas.ChunkID
-	defer func() { s.setPending(written, -1) }()
+	p.synced = false
 	for len(chunks) > 0 {
-		n, w, err := s.putTxn(chunks)
-		written = append(written, w...)
+		n, w, err := p.s.putTxn(chunks)
+		p.written = append(p.written, w...)
 		if err != nil {
-			return s.wrapErr("put", err)
+			return p.s.wrapErr("put", err)
 		}
 		chunks = chunks[n:]
 	}
-	if err := s.gs.Sync(); err != nil {
-		return s.wrapErr("sync", err)
-	}
 	return nil
+}
+
+func (p *putSession) commit() error {
+	if err := p.s.gs.Sync(); err != nil {
+		return p.s.wrapErr("sync", err)
+	}
+	p.synced = true
+	return nil
+}
+
+func (p *putSession) close() {
+	if !p.synced && len(p.written) > 0 {
+		// Chunks of a failed write are visible: make them durable
+		// before they stop being pending. A failure here means the
+		// database itself is failing; its error went to the caller.
+		if err := p.s.gs.Sync(); err != nil {
+			p.s.log.Error("sync after a failed put", "err", err)
+		}
+	}
+	p.s.setPending(p.written, -1)
+	p.s.leave()
 }
 
 // reserve claims space for a batch, or refuses it with ErrNoSpace if the

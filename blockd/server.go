@@ -27,7 +27,7 @@ type ServerConfig struct {
 	Logger  *slog.Logger // nil: discard
 	Now     func() time.Time
 	// BatchBytes bounds the encoded bytes of one streamed put batch that is
-	// verified and then stored with one Put (default 4 MiB). A put request
+	// verified and then stored (default 1 MiB). A put request
 	// holds at most four buffers of BatchBytes + cas.MaxEncodedSize.
 	BatchBytes int
 }
@@ -53,7 +53,7 @@ func (c *ServerConfig) Validate() error {
 		c.Now = time.Now
 	}
 	if c.BatchBytes == 0 {
-		c.BatchBytes = 4 << 20
+		c.BatchBytes = 1 << 20
 	}
 	if c.BatchBytes < 0 {
 		return fmt.Errorf("blockd: negative BatchBytes %d", c.BatchBytes)
@@ -400,23 +400,48 @@ func (s *Server) handlePut(w http.ResponseWriter, r *http.Request, c cas.Claims)
 	var storeErr error
 	go func() {
 		defer close(storeDone)
+		// With a put session (badger), batches are written as they come
+		// and synced once at the end; otherwise each batch is one Put.
+		var sess *putSession
+		if ss, ok := s.store.(sessionStore); ok {
+			if sess, storeErr = ss.beginPut(); storeErr != nil {
+				close(storeFailed)
+			}
+		}
+		written, writtenBytes := 0, 0
 		for b := range batches {
 			if storeErr == nil {
-				if err := s.store.Put(ctx, b.chunks); err != nil {
+				var err error
+				if sess != nil {
+					err = sess.write(ctx, b.chunks)
+				} else {
+					err = s.store.Put(ctx, b.chunks)
+				}
+				if err != nil {
 					storeErr = err
 					close(storeFailed)
 				} else {
-					stored += len(b.chunks)
-					n := 0
+					written += len(b.chunks)
 					for _, c := range b.chunks {
-						n += len(c.Data)
+						writtenBytes += len(c.Data)
 					}
-					s.m.putChunks.Add(float64(len(b.chunks)))
-					s.m.putBytes.Add(float64(n))
 				}
 			}
 			s.arenas.Put(b.arena)
 		}
+		if sess != nil {
+			// Acknowledge what was written (the valid prefix, even
+			// when a later batch failed) only once it is synced.
+			if written > 0 {
+				if err := sess.commit(); err != nil {
+					storeErr, written, writtenBytes = err, 0, 0
+				}
+			}
+			sess.close()
+		}
+		stored = written
+		s.m.putChunks.Add(float64(written))
+		s.m.putBytes.Add(float64(writtenBytes))
 	}()
 
 	fr := newFrameReader(r.Body)
