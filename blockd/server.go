@@ -74,7 +74,10 @@ func (c *ServerConfig) Validate() error {
 //	GET  /healthz, GET /metrics  no token
 //
 // Put is streamed: frames are read, decoded and re-hashed one by one, and
-// stored in bounded batches, each acknowledged only once durable. The rule
+// stored in bounded batches (BatchBytes) while the next batch is read; the
+// body is never buffered whole. The response comes only once everything
+// stored is durable (a badger store syncs once per request; other stores
+// once per batch). The rule
 // for a refused put: the chunks before the first bad frame are stored (the
 // error response says how many, in "stored"); the bad chunk and everything
 // after it are not. A chunk whose content does not match its ID is never

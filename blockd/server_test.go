@@ -153,31 +153,37 @@ func TestPutRefusals(t *testing.T) {
 		{"wrong op", mintT(t, testKeys, cas.Claims{Ops: cas.OpGet | cas.OpHas, Scope: "b1", Expiry: future}), full, 403, "token-scope", 0},
 		{"wrong scope", mintT(t, testKeys, cas.Claims{Ops: cas.OpPut, Scope: "b2", Expiry: future}), full, 403, "token-scope", 0},
 	}
+	backends := map[string]func(t *testing.T) blockd.PruneStore{
+		"mem":    func(*testing.T) blockd.PruneStore { return blockd.NewMemStore() },
+		"badger": func(t *testing.T) blockd.PruneStore { return openBadger(t, t.TempDir()) },
+	}
 	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			mem := blockd.NewMemStore()
-			ts := startServer(t, mem, 1) // tiny batches: every chunk is its own batch
-			code, resp := rawPut(t, ts.url, tc.token, bytes.NewReader(tc.body))
-			if code != tc.code || resp["reason"] != tc.reason {
-				t.Fatalf("status %d reason %v (%v); want %d %s", code, resp["reason"], resp["error"], tc.code, tc.reason)
-			}
-			if strings.HasPrefix(tc.reason, "token") {
-				if _, ok := resp["stored"]; ok {
-					t.Fatal("a token refusal reports stored chunks")
+		for bname, newStore := range backends {
+			t.Run(bname+"/"+tc.name, func(t *testing.T) {
+				mem := newStore(t)
+				ts := startServer(t, mem, 1) // tiny batches: every chunk is its own batch
+				code, resp := rawPut(t, ts.url, tc.token, bytes.NewReader(tc.body))
+				if code != tc.code || resp["reason"] != tc.reason {
+					t.Fatalf("status %d reason %v (%v); want %d %s", code, resp["reason"], resp["error"], tc.code, tc.reason)
 				}
-			} else if resp["stored"] != float64(tc.stored) {
-				t.Fatalf("response says %v stored, want %d", resp["stored"], tc.stored)
-			}
-			if tc.reason == "hash-mismatch" || tc.reason == "corrupt" || tc.reason == "too-large" {
-				if resp["chunk"] != good[0].ID.String() && resp["chunk"] != wrongHash.ID.String() {
-					t.Fatalf("refusal names chunk %v", resp["chunk"])
+				if strings.HasPrefix(tc.reason, "token") {
+					if _, ok := resp["stored"]; ok {
+						t.Fatal("a token refusal reports stored chunks")
+					}
+				} else if resp["stored"] != float64(tc.stored) {
+					t.Fatalf("response says %v stored, want %d", resp["stored"], tc.stored)
 				}
-				if !strings.Contains(resp["error"].(string), good[0].ID.String()) {
-					t.Fatalf("error %q does not name the chunk", resp["error"])
+				if tc.reason == "hash-mismatch" || tc.reason == "corrupt" || tc.reason == "too-large" {
+					if resp["chunk"] != good[0].ID.String() && resp["chunk"] != wrongHash.ID.String() {
+						t.Fatalf("refusal names chunk %v", resp["chunk"])
+					}
+					if !strings.Contains(resp["error"].(string), good[0].ID.String()) {
+						t.Fatalf("error %q does not name the chunk", resp["error"])
+					}
 				}
-			}
-			storetest.CheckHolds(t, mem, good[:tc.stored])
-		})
+				storetest.CheckHolds(t, mem, good[:tc.stored])
+			})
+		}
 	}
 }
 
