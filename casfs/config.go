@@ -26,6 +26,11 @@ type Config struct {
 
 	// CacheBytes bounds the in-memory cache of decoded chunks (default 128 MiB).
 	CacheBytes int64
+	// DiskCacheDir, when set, keeps fetched chunks (encoded) in local files
+	// there, up to DiskCacheBytes (default 1 GiB), so a remount or a node
+	// re-reading a large file does not fetch it again.
+	DiskCacheDir   string
+	DiskCacheBytes int64
 	// InFlightBytes bounds the chunk bytes held by the write pipeline across
 	// all files (raw plus encoded copies; default 192 MiB). It is what keeps
 	// memory flat whatever the file size.
@@ -66,6 +71,9 @@ func (c *Config) setDefaults() {
 	if c.CacheBytes == 0 {
 		c.CacheBytes = 128 << 20
 	}
+	if c.DiskCacheDir != "" && c.DiskCacheBytes == 0 {
+		c.DiskCacheBytes = 1 << 30
+	}
 	if c.InFlightBytes == 0 {
 		c.InFlightBytes = 192 << 20
 	}
@@ -104,8 +112,8 @@ func (c *Config) Validate() error {
 	if c.StagingDir == "" {
 		errs = append(errs, errors.New("StagingDir is required"))
 	}
-	if c.CacheBytes < 0 {
-		errs = append(errs, errors.New("CacheBytes must not be negative"))
+	if c.CacheBytes < 0 || c.DiskCacheBytes < 0 {
+		errs = append(errs, errors.New("CacheBytes and DiskCacheBytes must not be negative"))
 	}
 	if c.InFlightBytes < 4*cas.MaxChunkSize {
 		errs = append(errs, fmt.Errorf("InFlightBytes must be at least %d", 4*cas.MaxChunkSize))
@@ -130,6 +138,8 @@ func (c Config) LogValue() slog.Value {
 	return slog.GroupValue(
 		slog.String("staging_dir", c.StagingDir),
 		slog.Int64("cache_bytes", c.CacheBytes),
+		slog.String("disk_cache_dir", c.DiskCacheDir),
+		slog.Int64("disk_cache_bytes", c.DiskCacheBytes),
 		slog.Int64("inflight_bytes", c.InFlightBytes),
 		slog.Int("workers", c.Workers),
 		slog.Int("uploads", c.Uploads),

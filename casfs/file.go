@@ -482,6 +482,16 @@ func (f *FS) chunk(ctx context.Context, plan *metad.ReadPlan, i int) ([]byte, er
 	}
 	ep, token := plan.Endpoints[loc], plan.Token
 	return f.cache.get(ctx, e.ID, func() ([]byte, error) {
+		if f.disk != nil {
+			if enc, ok := f.disk.get(e.ID); ok {
+				if data, err := decodeVerify(e.ID, enc); err == nil {
+					f.stats.diskHits.Add(1)
+					return data, nil
+				}
+				f.log.Warn("dropping bad chunk from the disk cache", "id", e.ID.String())
+				f.disk.remove(e.ID)
+			}
+		}
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), f.cfg.RetryDeadline+5*time.Second)
 		defer cancel()
 		var enc []byte
@@ -499,6 +509,9 @@ func (f *FS) chunk(ctx context.Context, plan *metad.ReadPlan, i int) ([]byte, er
 		if err != nil {
 			f.log.Error("corrupt chunk", "id", e.ID.String(), "endpoint", ep.Name, "err", err)
 			return nil, err
+		}
+		if f.disk != nil {
+			f.disk.put(e.ID, enc)
 		}
 		return data, nil
 	})

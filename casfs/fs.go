@@ -25,6 +25,7 @@ type FS struct {
 	log       *slog.Logger
 
 	cache    *chunkCache
+	disk     *diskCache          // nil without DiskCacheDir
 	mem      *semaphore.Weighted // in-flight pipeline bytes
 	work     chan func()         // CPU work: zero-detect, hash, compress
 	workers  sync.WaitGroup
@@ -41,6 +42,7 @@ type counters struct {
 	uploadedChunks, uploadedRaw, uploadedEnc atomic.Uint64
 	dupChunks, dupBytes                      atomic.Uint64
 	fetchedChunks, fetchedEnc, cacheHits     atomic.Uint64
+	diskHits                                 atomic.Uint64
 }
 
 // New validates cfg and starts the worker pool. Call Close when done.
@@ -62,6 +64,13 @@ func New(cfg Config) (*FS, error) {
 		work:      make(chan func(), 2*cfg.Workers),
 		prefetch:  semaphore.NewWeighted(int64(4 * cfg.Workers)),
 		inodes:    make(map[metad.Node]*inode),
+	}
+	if cfg.DiskCacheDir != "" {
+		dc, err := openDiskCache(cfg.DiskCacheDir, cfg.DiskCacheBytes, cfg.Logger)
+		if err != nil {
+			return nil, err
+		}
+		f.disk = dc
 	}
 	for range cfg.Workers {
 		f.workers.Add(1)
@@ -164,6 +173,8 @@ type MountStats struct {
 	BytesFetched     uint64 `json:"bytes_fetched"`      // their encoded size
 	CacheHits        uint64 `json:"cache_hits"`         // reads served from the chunk cache
 	CacheBytes       int64  `json:"cache_bytes"`        // decoded bytes held by the cache
+	DiskCacheHits    uint64 `json:"disk_cache_hits"`    // chunks read from the local disk cache
+	DiskCacheBytes   int64  `json:"disk_cache_bytes"`   // encoded bytes in the disk cache
 	OpenFiles        int    `json:"open_files"`         // files with handles or unflushed data
 }
 
@@ -193,7 +204,10 @@ func (f *FS) Stats(ctx context.Context) (Stats, error) {
 		ChunksUploaded: c.uploadedChunks.Load(), BytesUploadedRaw: c.uploadedRaw.Load(), BytesUploadedEnc: c.uploadedEnc.Load(),
 		ChunksDuplicate: c.dupChunks.Load(), BytesSkippedDup: c.dupBytes.Load(),
 		ChunksFetched: c.fetchedChunks.Load(), BytesFetched: c.fetchedEnc.Load(), CacheHits: c.cacheHits.Load(),
-		CacheBytes: cb, OpenFiles: open,
+		CacheBytes: cb, OpenFiles: open, DiskCacheHits: c.diskHits.Load(),
+	}
+	if f.disk != nil {
+		s.Mount.DiskCacheBytes = f.disk.usage()
 	}
 	return s, nil
 }

@@ -5,7 +5,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
@@ -435,4 +438,60 @@ func TestTransientOutageIsRetried(t *testing.T) {
 		t.Fatalf("flush during a long outage: %v", err)
 	}
 	h.Release(ctxT(t))
+}
+
+// TestDiskCache: chunks read once are served from the local disk cache by a
+// later FS (a remount) even when the block store is down; a corrupted cache
+// file is detected, dropped and fetched again; the cache stays within its
+// bound.
+func TestDiskCache(t *testing.T) {
+	cacheDir := t.TempDir()
+	e := testenv.New(t, testenv.Options{FS: casfs.Config{DiskCacheDir: cacheDir, RetryDeadline: 100 * time.Millisecond}})
+	data := content(14, 2<<20)
+	h, n := create(t, e, "f", "fixed:64k")
+	writeAll(t, h, data, 0, 1<<20)
+	mustClose(t, h)
+	h = open(t, e, n, syscall.O_RDONLY)
+	readAll(t, h, len(data))
+	mustClose(t, h)
+
+	// A second FS over the same stores and cache directory, block store down.
+	e.Blocks.FailGet(fmt.Errorf("blockd down: %w", metad.ErrUnavailable))
+	e2 := testenv.New(t, testenv.Options{Meta: e.Meta, Blocks: e.Blocks, FS: casfs.Config{DiskCacheDir: cacheDir, RetryDeadline: 100 * time.Millisecond}})
+	h = open(t, e2, n, syscall.O_RDONLY)
+	if got := readAll(t, h, len(data)); !bytes.Equal(got, data) {
+		t.Fatal("disk-cached read differs")
+	}
+	mustClose(t, h)
+	st, _ := e2.FS.Stats(ctxT(t))
+	if st.Mount.DiskCacheHits == 0 || st.Mount.ChunksFetched != 0 {
+		t.Errorf("disk cache hits %d, fetched %d", st.Mount.DiskCacheHits, st.Mount.ChunksFetched)
+	}
+
+	// Corrupt every cached file: a third FS must notice and refetch.
+	err := filepath.WalkDir(cacheDir, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			b, _ := os.ReadFile(p)
+			b[len(b)-1] ^= 1
+			err = os.WriteFile(p, b, 0o600)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.Blocks.FailGet(nil)
+	e3 := testenv.New(t, testenv.Options{Meta: e.Meta, Blocks: e.Blocks, FS: casfs.Config{DiskCacheDir: cacheDir, DiskCacheBytes: 1 << 20}})
+	h = open(t, e3, n, syscall.O_RDONLY)
+	if got := readAll(t, h, len(data)); !bytes.Equal(got, data) {
+		t.Fatal("read with a corrupted disk cache differs")
+	}
+	mustClose(t, h)
+	st, _ = e3.FS.Stats(ctxT(t))
+	if st.Mount.DiskCacheHits != 0 || st.Mount.ChunksFetched == 0 {
+		t.Errorf("corrupt cache: hits %d, fetched %d", st.Mount.DiskCacheHits, st.Mount.ChunksFetched)
+	}
+	if st.Mount.DiskCacheBytes > 1<<20 {
+		t.Errorf("disk cache holds %d bytes over its 1 MiB bound", st.Mount.DiskCacheBytes)
+	}
 }

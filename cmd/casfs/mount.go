@@ -42,6 +42,8 @@ type mountOptions struct {
 	BatchMiB   int64
 	Uploads    int
 	MemLimit   int64
+	DiskCache  string
+	DiskCacheM int64
 }
 
 func init() {
@@ -65,6 +67,8 @@ func init() {
 	f.BoolVar(&o.AllowOther, "allow-other", false, "let other users access the mount")
 	f.BoolVar(&o.Debug, "debug", false, "log every FUSE request")
 	f.StringVar(&o.LogLevel, "log-level", "info", "debug, info, warn or error")
+	f.StringVar(&o.DiskCache, "disk-cache", "", "keep fetched chunks in this local `DIR` (a second-level cache)")
+	f.Int64Var(&o.DiskCacheM, "disk-cache-mib", 1024, "size bound of --disk-cache")
 	f.Int64Var(&o.BatchMiB, "batch-mib", 0, "raw bytes per dedup negotiation and upload batch (0: casfs default)")
 	f.IntVar(&o.Uploads, "uploads", 0, "batches uploaded concurrently per file (0: casfs default)")
 	f.Int64Var(&o.MemLimit, "memory-limit-mib", 384, "soft limit of the Go heap (GOMEMLIMIT); 0 leaves the runtime default")
@@ -90,6 +94,9 @@ func runMount(ctx context.Context, o *mountOptions, args []string) error {
 	cfg := casfs.Config{
 		Logger: log, CacheBytes: o.CacheMiB << 20, InFlightBytes: o.InFlightMi << 20, StagingDir: o.Staging,
 		BatchBytes: o.BatchMiB << 20, Uploads: o.Uploads,
+	}
+	if o.DiskCache != "" {
+		cfg.DiskCacheDir, cfg.DiskCacheBytes = o.DiskCache, o.DiskCacheM<<20
 	}
 	var closeStores func() error
 	switch {
