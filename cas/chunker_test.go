@@ -385,3 +385,27 @@ func TestChunkIDVectors(t *testing.T) {
 		t.Error("nil and empty differ")
 	}
 }
+
+// FuzzParsePolicy: policies arrive in manifests and xattrs; what parses
+// must validate, print back to itself and build a chunker.
+func FuzzParsePolicy(f *testing.F) {
+	for _, s := range []string{"fixed:4096", "cdc:16k", "cdc:4096:16384:65536", "fixed:4M", "cdc:64:1K:1K", "x:1"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		p, err := ParsePolicy(s)
+		if err != nil {
+			if !errors.Is(err, ErrBadPolicy) {
+				t.Fatalf("error does not wrap ErrBadPolicy: %v", err)
+			}
+			return
+		}
+		back, err := ParsePolicy(p.String())
+		if err != nil || back != p {
+			t.Fatalf("%q -> %v -> %v, %v", s, p, back, err)
+		}
+		if c := p.New(); c.MaxSize() != int(p.Max) {
+			t.Fatalf("chunker max %d for %v", c.MaxSize(), p)
+		}
+	})
+}
