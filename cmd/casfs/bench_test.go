@@ -6,7 +6,6 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -157,22 +156,17 @@ func sampleAnon(pid int) (stop func() int64) {
 
 // stopMount stops casfs with SIGTERM and waits until it has unmounted and
 // exited (it holds the stores' locks until then).
-func stopMount(b *testing.B, cmd *exec.Cmd, mnt string) {
-	cmd.Process.Signal(syscall.SIGTERM)
-	deadline := time.Now().Add(time.Minute)
-	for (mounted(mnt) || syscall.Kill(cmd.Process.Pid, 0) == nil && !zombie(cmd.Process.Pid)) && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
+func stopMount(b *testing.B, m *mountProc, mnt string) {
+	m.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-m.Exited:
+	case <-time.After(2 * time.Minute):
+		b.Fatal("casfs did not exit on SIGTERM")
 	}
 	if mounted(mnt) {
 		unix.Unmount(mnt, unix.MNT_DETACH)
-		b.Fatal("casfs did not unmount on SIGTERM")
+		b.Fatal("casfs exited but left its mount")
 	}
-}
-
-func zombie(pid int) bool {
-	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	f := strings.Fields(string(b))
-	return len(f) > 2 && f[2] == "Z"
 }
 
 func BenchmarkSeqIO(b *testing.B) {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -35,9 +36,15 @@ func mounted(mnt string) bool {
 	return false
 }
 
+// mountProc is a running `casfs mount`; Exited is closed when it has exited.
+type mountProc struct {
+	*exec.Cmd
+	Exited chan struct{}
+}
+
 // startMount runs `casfs mount --data data mnt` and waits for the mount.
 // Cleanup kills the process (by pid) and detaches the mount if still there.
-func startMount(t testing.TB, bin, data, mnt string) *exec.Cmd {
+func startMount(t testing.TB, bin, data, mnt string) *mountProc {
 	t.Helper()
 	cmd := exec.Command(bin, "mount", "--data", data, "--log-level", "warn", mnt)
 	var logb bytes.Buffer
@@ -73,7 +80,7 @@ func startMount(t testing.TB, bin, data, mnt string) *exec.Cmd {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	return cmd
+	return &mountProc{Cmd: cmd, Exited: exited}
 }
 
 func randData(seed uint64, n int) []byte {
@@ -157,5 +164,58 @@ func TestSIGKILLKeepsClosedFiles(t *testing.T) {
 	}
 	if mounted(mnt) {
 		t.Fatal("still mounted 30s after SIGTERM")
+	}
+}
+
+// TestCLI drives stats, snapshot and unmount against a running mount.
+func TestCLI(t *testing.T) {
+	bin := buildBinary(t)
+	data, mnt := t.TempDir(), t.TempDir()
+	cmd := startMount(t, bin, data, mnt)
+	if err := os.MkdirAll(filepath.Join(mnt, "exp"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(mnt, "exp/f"), randData(9, 200000), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	run := func(args ...string) string {
+		t.Helper()
+		out, err := exec.Command(bin, args...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("casfs %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return string(out)
+	}
+	var st struct {
+		Logical uint64 `json:"logical_bytes"`
+		Mount   struct {
+			Written uint64 `json:"bytes_written"`
+		} `json:"mount"`
+	}
+	if err := json.Unmarshal([]byte(run("stats", mnt)), &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Logical != 200000 || st.Mount.Written != 200000 {
+		t.Errorf("stats: %+v", st)
+	}
+	run("snapshot", filepath.Join(mnt, "exp"), "s1")
+	if got := run("snapshot", "--list", filepath.Join(mnt, "exp")); got != "s1\n" {
+		t.Errorf("snapshot --list: %q", got)
+	}
+	if b, err := os.ReadFile(filepath.Join(mnt, "exp/.snapshots/s1/f")); err != nil || len(b) != 200000 {
+		t.Errorf("snapshot content: %d bytes, %v", len(b), err)
+	}
+	run("snapshot", "--delete", filepath.Join(mnt, "exp"), "s1")
+	if _, err := exec.Command(bin, "stats", t.TempDir()).CombinedOutput(); err == nil {
+		t.Error("stats of a non-casfs directory succeeded")
+	}
+	run("unmount", mnt)
+	select {
+	case <-cmd.Exited:
+	case <-time.After(30 * time.Second):
+		t.Fatal("casfs did not exit after unmount")
+	}
+	if mounted(mnt) {
+		t.Fatal("still mounted after casfs unmount")
 	}
 }
