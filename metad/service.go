@@ -1,14 +1,3 @@
-// Package metad is the metadata daemon of stasis: it owns the namespace
-// (inodes, directory entries, attributes), the manifests of file content,
-// snapshots of directory subtrees, chunk reference counts and garbage
-// collection, and it mints the short-lived tokens that let clients talk to
-// blockd directly. It never touches chunk data.
-//
-// Layers: a Store (ordered transactional KV; badger or memory) holds every
-// record (keys.go); Service implements API over it with all the logic
-// (validation, reference counts, pins, placement, tokens, GC); Server adapts
-// a Service to HTTP/JSON and Client speaks that protocol and implements API
-// again, so casfs runs the same code embedded and against a daemon.
 package metad
 
 import (
