@@ -28,7 +28,11 @@ func TestMain(m *testing.M) {
 		main()
 		os.Exit(0)
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	if blockdBin != "" {
+		os.RemoveAll(filepath.Dir(blockdBin))
+	}
+	os.Exit(code)
 }
 
 var (
