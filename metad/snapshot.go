@@ -84,6 +84,9 @@ func (s *Service) CreateSnapshot(ctx context.Context, dir Ino, name string) (Sna
 	}
 	rec.State = snapReady
 	err = s.update(ctx, func(t *tx) error {
+		if r, err := getSnapRecord(t.t, id); err != nil || r.State != snapBuilding {
+			return fmt.Errorf("metad: snapshot %d changed while it was built (%v)", id, err)
+		}
 		t.delta.Snapshots++
 		return putSnapRecord(t.t, id, rec)
 	})
@@ -247,9 +250,10 @@ func (s *Service) DeleteSnapshot(ctx context.Context, dir Ino, name string) erro
 		if err != nil {
 			return err
 		}
-		if r.State == snapReady {
-			t.delta.Snapshots--
+		if r.State != snapReady { // being built: not visible yet
+			return fmt.Errorf("%w: snapshot %q of directory %d", ErrNotFound, name, dir)
 		}
+		t.delta.Snapshots--
 		r.State = snapDeleting
 		if err := t.t.Delete(snapNameKey(dir, name)); err != nil {
 			return err
