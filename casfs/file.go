@@ -121,7 +121,7 @@ func (f *FS) acquire(n metad.Node) *inode {
 	defer f.mu.Unlock()
 	in := f.inodes[n]
 	if in == nil {
-		in = &inode{fs: f, node: n}
+		in = &inode{fs: f, node: n, cachedGen: f.gens[n]}
 		f.inodes[n] = in
 	}
 	in.refs++
@@ -135,10 +135,19 @@ func (f *FS) put(in *inode) {
 	in.refs--
 	if in.refs == 0 && in.w == nil && f.inodes[in.node] == in {
 		delete(f.inodes, in.node)
+		// Remember what the kernel may still cache, so that reopening an
+		// unchanged file keeps its pages (bounded: forgetting only costs
+		// a page-cache refill).
+		if len(f.gens) >= maxRememberedGens {
+			clear(f.gens)
+		}
+		f.gens[in.node] = in.cachedGen
 	}
 	f.mu.Unlock()
 	in.mu.Unlock()
 }
+
+const maxRememberedGens = 1 << 16
 
 // Handle is an open file.
 type Handle struct {

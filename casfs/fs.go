@@ -33,6 +33,7 @@ type FS struct {
 
 	mu     sync.Mutex
 	inodes map[metad.Node]*inode // files with open handles or unflushed data
+	gens   map[metad.Node]uint64 // content generation the kernel may cache, for closed files
 
 	stats counters
 }
@@ -64,6 +65,7 @@ func New(cfg Config) (*FS, error) {
 		work:      make(chan func(), 2*cfg.Workers),
 		prefetch:  semaphore.NewWeighted(int64(4 * cfg.Workers)),
 		inodes:    make(map[metad.Node]*inode),
+		gens:      make(map[metad.Node]uint64),
 	}
 	if cfg.DiskCacheDir != "" {
 		dc, err := openDiskCache(cfg.DiskCacheDir, cfg.DiskCacheBytes, cfg.Logger)
@@ -154,7 +156,7 @@ type Stats struct {
 	// DedupRatio is logical non-hole bytes over distinct stored raw bytes.
 	DedupRatio float64 `json:"dedup_ratio"`
 	// CompressionRatio is stored raw over stored encoded bytes.
-	CompressionRatio float64 `json:"compression_ratio"`
+	CompressionRatio float64 `json:"compression_ratio,omitempty"` // when metad knows encoded sizes
 
 	// Since this mount started.
 	Mount MountStats `json:"mount"`
