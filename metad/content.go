@@ -123,6 +123,10 @@ func (s *Service) PrepareUpload(ctx context.Context, ids []cas.ChunkID) (UploadP
 			s.pins[id] = exp
 		}
 	}
+	if n := len(s.pins) + len(s.expect); n > max(s.pruneAt, 1<<16) {
+		s.prunePinsLocked()
+		s.pruneAt = 2 * (len(s.pins) + len(s.expect))
+	}
 	s.pinMu.Unlock()
 	if plan.Token, err = s.mint(cas.OpPut|cas.OpHas, "upload", exp); err != nil {
 		return UploadPlan{}, err

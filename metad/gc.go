@@ -76,9 +76,15 @@ func (s *Service) GC(ctx context.Context) (int, error) {
 }
 
 func (s *Service) prunePins() {
-	now := s.now()
 	s.pinMu.Lock()
 	defer s.pinMu.Unlock()
+	s.prunePinsLocked()
+}
+
+// prunePinsLocked drops expired pins and upload expectations; the caller
+// holds pinMu. Without a GC loop PrepareUpload calls it as the maps grow.
+func (s *Service) prunePinsLocked() {
+	now := s.now()
 	for _, m := range []map[cas.ChunkID]time.Time{s.pins, s.expect} {
 		for id, exp := range m {
 			if !now.Before(exp) {

@@ -109,6 +109,7 @@ type Service struct {
 	expect     map[cas.ChunkID]time.Time // chunks PrepareUpload asked a client to upload (Sweep spares them)
 	holds      map[cas.ChunkID]int       // chunks a commit is verifying
 	collecting map[cas.ChunkID]struct{}  // chunks GC is deleting from blockd
+	pruneAt    int                       // prune expired pins when pins+expect grow past this
 
 	// openMu guards opens and orders Unlink/Rename/Release decisions about
 	// inodes whose link count reaches zero.
