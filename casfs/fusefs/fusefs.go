@@ -18,6 +18,7 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"sync"
 	"syscall"
 	"time"
 
@@ -102,7 +103,13 @@ type rootData struct {
 	fsys *casfs.FS
 	opts Options
 	log  *slog.Logger
+	// noCaps remembers, per kernel inode, when security.capability was last
+	// found absent. The kernel asks for it before every write(2); the answer
+	// is cached for AttrTimeout like other attributes.
+	noCaps sync.Map // uint64 -> time.Time
 }
+
+const capXattr = "security.capability"
 
 // kernelIno maps a (snapshot, inode) pair to the inode number the kernel
 // sees: live inodes keep theirs; snapshot inodes get bit 63, the snapshot id
@@ -436,8 +443,16 @@ func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, 
 		b, _ := json.Marshal(s)
 		return xattrReply(b, dest)
 	}
+	if attr == capXattr {
+		if t, ok := n.r.noCaps.Load(kernelIno(n.id)); ok && time.Since(t.(time.Time)) < n.r.opts.AttrTimeout {
+			return 0, syscall.ENODATA
+		}
+	}
 	v, err := n.r.fsys.Meta().GetXattr(ctx, n.id, attr)
 	if err != nil {
+		if attr == capXattr && errors.Is(err, metad.ErrNoData) {
+			n.r.noCaps.Store(kernelIno(n.id), time.Now())
+		}
 		return 0, n.r.toErrno("getxattr", err)
 	}
 	return xattrReply(v, dest)
@@ -447,6 +462,7 @@ func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uin
 	if attr == StatsXattr {
 		return syscall.EPERM
 	}
+	n.r.noCaps.Delete(kernelIno(n.id))
 	return n.r.toErrno("setxattr", n.r.fsys.SetXattr(ctx, n.id, attr, data, flags))
 }
 
@@ -454,6 +470,7 @@ func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
 	if !n.live() {
 		return syscall.EROFS
 	}
+	n.r.noCaps.Delete(kernelIno(n.id))
 	return n.r.toErrno("removexattr", n.r.fsys.Meta().RemoveXattr(ctx, n.id.Ino, attr))
 }
 
