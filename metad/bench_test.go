@@ -267,3 +267,23 @@ func BenchmarkCommit1GiBDelta(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "commits/s")
 }
+
+// BenchmarkCreateParallelSameDir: 8 goroutines create in one directory;
+// every create updates the directory's times, so transactions conflict.
+func BenchmarkCreateParallelSameDir(b *testing.B) {
+	e := benchEnv(b, true)
+	ctx := context.Background()
+	var n atomic.Int64
+	b.SetParallelism(4)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		w := n.Add(1)
+		for i := 0; pb.Next(); i++ {
+			if _, err := e.s.Create(ctx, CreateRequest{Parent: RootIno, Name: fmt.Sprintf("w%d-%d", w, i), Mode: syscall.S_IFREG | 0o644}); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "ops/s")
+}
