@@ -18,8 +18,17 @@ import (
 // buildBinary compiles casfs into a temporary directory.
 func buildBinary(t testing.TB) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "casfs")
-	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	return buildPkg(t, ".")
+}
+
+// buildPkg compiles a main package into a temporary directory.
+func buildPkg(t testing.TB, pkg string) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), filepath.Base(pkg))
+	if pkg == "." {
+		bin = filepath.Join(filepath.Dir(bin), "casfs")
+	}
+	out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput()
 	if err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
@@ -46,7 +55,13 @@ type mountProc struct {
 // Cleanup kills the process (by pid) and detaches the mount if still there.
 func startMount(t testing.TB, bin, data, mnt string) *mountProc {
 	t.Helper()
-	cmd := exec.Command(bin, "mount", "--data", data, "--log-level", "warn", mnt)
+	return startMountArgs(t, bin, mnt, "--data", data)
+}
+
+// startMountArgs runs `casfs mount ARGS... mnt` and waits for the mount.
+func startMountArgs(t testing.TB, bin, mnt string, args ...string) *mountProc {
+	t.Helper()
+	cmd := exec.Command(bin, append(append([]string{"mount", "--log-level", "warn"}, args...), mnt)...)
 	var logb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &logb, &logb
 	if err := cmd.Start(); err != nil {
