@@ -46,7 +46,7 @@ func TestCasfsSwapoutSwapin(t *testing.T) {
 	var outAt time.Time
 	var beforeA testguest.Tick
 	for i, v := range []*vmCase{a, b} {
-		m := connect(t, ctx, v.g.QMP, ModeAuto)
+		m := connect(t, ctx, v.g.QMP, ModeRAMFile)
 		e0, r0, d0 := uploaded(t, mnt)
 		res, err := hypervisor.Swapout(ctx, m, filepath.Join(exp, string(rune('a'+i))), hypervisor.SwapoutOptions{})
 		if err != nil {
@@ -57,7 +57,7 @@ func TestCasfsSwapoutSwapin(t *testing.T) {
 		t.Logf("guest %c (%s): saved %d MB, uploaded %.1f MB encoded (%.1f MB raw), %.1f MB skipped as duplicates, downtime %v",
 			'a'+i, res.Manifest.Mode, res.Bytes>>20, float64(e1-e0)/1e6, float64(r1-r0)/1e6, float64(d1-d0)/1e6, res.Downtime.Round(time.Millisecond))
 		if res.Manifest.Mode != ModeRAMFile {
-			t.Fatalf("auto mode chose %s for a shared RAM file", res.Manifest.Mode)
+			t.Fatalf("mode %s, want ram-file", res.Manifest.Mode)
 		}
 		if i == 0 {
 			outAt = time.Now()

@@ -86,7 +86,7 @@ needs nothing else.`,
 	f := swapoutCmd.Flags()
 	f.StringVar(&opts.qmp, "qmp", "", "QEMU's QMP unix socket")
 	f.StringVar(&opts.to, "to", "", "snapshot directory to create (must not exist or be empty)")
-	f.StringVar(&opts.mode, "mode", "auto", "memory capture: auto, stream, ram-file or mapped-ram (QEMU >= 9)")
+	f.StringVar(&opts.mode, "mode", "auto", "memory capture: auto (= stream), stream, ram-file (RAM in a shared memory-backend-file) or mapped-ram (QEMU >= 9)")
 	f.Int64Var(&opts.bandwidth, "max-bandwidth", 0, "migration bandwidth cap in bytes/s (0: 64 GiB/s)")
 	f.BoolVar(&opts.keep, "keep", false, "leave the VM paused after the verified snapshot instead of destroying it")
 	f.BoolVar(&opts.removeLocal, "remove-local", false, "after a successful swapout delete the local disk overlays and RAM file")

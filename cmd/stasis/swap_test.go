@@ -31,7 +31,7 @@ func TestSwapCLIQEMU(t *testing.T) {
 	}
 	var out bytes.Buffer
 	o := swapOpts(&out)
-	o.qmp, o.to, o.mode = g.QMP, filepath.Join(t.TempDir(), "snap"), "stream"
+	o.qmp, o.to = g.QMP, filepath.Join(t.TempDir(), "snap") // mode auto: stream
 	if err := runSwapout(ctx, o, nil); err != nil {
 		t.Fatal(err)
 	}
