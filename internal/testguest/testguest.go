@@ -129,7 +129,7 @@ func Args(f Files, cfg Config) []string {
 		"-accel", "tcg", "-m", mem + "M", "-smp", "1",
 		"-display", "none", "-nodefaults", "-no-user-config", "-no-reboot",
 		"-kernel", f.Kernel, "-initrd", f.Initrd,
-		"-append", strings.Join(append([]string{"console=ttyS0", "nokaslr", "panic=-1", "quiet", "stasis.id=" + cfg.Name}, cfg.KernelArgs...), " "),
+		"-append", strings.Join(append([]string{"console=ttyS0", "nokaslr", "no_timer_check", "panic=-1", "quiet", "stasis.id=" + cfg.Name}, cfg.KernelArgs...), " "),
 		"-rtc", "base=utc,clock=vm",
 		"-chardev", "file,id=con0,path=" + filepath.Join(cfg.Dir, "console.log") + ",append=on",
 		"-serial", "chardev:con0",
