@@ -20,7 +20,7 @@ func requireRoot(t *testing.T) {
 	}
 }
 
-func run(t *testing.T, args ...string) {
+func run(t testing.TB, args ...string) {
 	t.Helper()
 	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
 		t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
@@ -28,7 +28,7 @@ func run(t *testing.T, args ...string) {
 }
 
 // newNetns creates a named network namespace, removed at cleanup.
-func newNetns(t *testing.T, name string) {
+func newNetns(t testing.TB, name string) {
 	t.Helper()
 	errc := make(chan error, 1)
 	go func() {
