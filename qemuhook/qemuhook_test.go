@@ -216,3 +216,35 @@ func TestConfigValidate(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckpointKeepResume: a snapshot with Keep leaves the VM paused after
+// a completed migration; Resume brings it back with its disk writable (QEMU
+// re-activates the images the migration handed over).
+func TestCheckpointKeepResume(t *testing.T) {
+	f := testguest.Require(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	v := bootGuest(t, ctx, f, "keep", false, 256)
+	m := connect(t, ctx, v.g.QMP, ModeAuto)
+	snap := filepath.Join(t.TempDir(), "snap")
+	if _, err := hypervisor.Swapout(ctx, m, snap, hypervisor.SwapoutOptions{Keep: true}); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := m.Status(ctx); err != nil || st == "running" {
+		t.Fatalf("status after a kept snapshot: %q %v", st, err)
+	}
+	before := v.lastTick(t)
+	if err := m.Resume(ctx); err != nil {
+		t.Fatal(err)
+	}
+	tk, err := v.g.Console.WaitTick(ctx, func(tk testguest.Tick) bool { return tk.N >= before.N+2 })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tk.Boot != before.Boot || tk.Disk != tk.N-1 {
+		t.Fatalf("after resume %+v (disk not written?), before %+v", tk, before)
+	}
+	if _, err := hypervisor.Verify(snap, nil); err != nil {
+		t.Fatal(err)
+	}
+}
