@@ -170,3 +170,50 @@ func TestCheckpointTwoHostsUDPTrunk(t *testing.T) {
 		})
 	}
 }
+
+// TestTapAndPacketPortsPing: node namespaces reach each other through the
+// switch over a tap device (switch owns the tap, the node has the kernel
+// side) and over a veth pair (switch attaches with AF_PACKET); a node in
+// another VLAN cannot be reached.
+func TestTapAndPacketPortsPing(t *testing.T) {
+	requireRoot(t)
+	p := fmt.Sprintf("stsw%04x", rand.IntN(1<<16))
+	n1, n2, n3 := p+"n1", p+"n2", p+"n3"
+	for _, n := range []string{n1, n2, n3} {
+		newNetns(t, n)
+	}
+	sw := newTestSwitch(t, Config{})
+	// n1: a tap created in the root namespace, its kernel side moved to n1.
+	tap, err := OpenTap(p + "t1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustAdd(t, sw, PortConfig{Name: "n1", VLAN: 5}, tap)
+	run(t, "ip", "link", "set", p+"t1", "netns", n1)
+	// n2 and n3: veth pairs, the switch ends in the root namespace.
+	for i, n := range []string{n2, n3} {
+		sw0, node := fmt.Sprintf("%sv%d", p, i+2), fmt.Sprintf("%sw%d", p, i+2)
+		run(t, "ip", "link", "add", sw0, "type", "veth", "peer", "name", node, "netns", n)
+		t.Cleanup(func() { _ = exec.Command("ip", "link", "del", sw0).Run() })
+		run(t, "ip", "link", "set", sw0, "up")
+		pp, err := OpenPacket(sw0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		vlan := uint16(5)
+		if n == n3 {
+			vlan = 6
+		}
+		mustAdd(t, sw, PortConfig{Name: n, VLAN: vlan}, pp)
+	}
+	addr := map[string][2]string{n1: {p + "t1", "10.198.0.1"}, n2: {p + "w2", "10.198.0.2"}, n3: {p + "w3", "10.198.0.3"}}
+	for n, a := range addr {
+		run(t, "ip", "-n", n, "addr", "add", a[1]+"/24", "dev", a[0])
+		run(t, "ip", "-n", n, "link", "set", a[0], "up")
+	}
+	run(t, "ip", "netns", "exec", n1, "busybox", "ping", "-c", "2", "-W", "2", "10.198.0.2")
+	run(t, "ip", "netns", "exec", n2, "busybox", "ping", "-c", "2", "-W", "2", "10.198.0.1")
+	if err := exec.Command("ip", "netns", "exec", n1, "busybox", "ping", "-c", "1", "-W", "1", "10.198.0.3").Run(); err == nil {
+		t.Fatal("ping crossed VLANs")
+	}
+}

@@ -439,3 +439,31 @@ func (s slowPort) ReadBatch(fs []*Frame) (int, error) {
 func (s slowPort) WriteBatch(fs []*Frame) (int, error) { return s.p.WriteBatch(fs) }
 func (s slowPort) SetReadDeadline(t time.Time) error   { return s.p.SetReadDeadline(t) }
 func (s slowPort) Close() error                        { return s.p.Close() }
+
+// TestDot1QTrunk: an Ethernet trunk port carries 802.1Q tags; access ports
+// do not.
+func TestDot1QTrunk(t *testing.T) {
+	sw := newTestSwitch(t, Config{})
+	acc, tr := NewMemPort(8), NewMemPort(8)
+	mustAdd(t, sw, PortConfig{Name: "acc", VLAN: 42}, acc)
+	mustAdd(t, sw, PortConfig{Name: "tr", Mode: Trunk, VLANs: []uint16{42}}, tr)
+	ctx := context.Background()
+	_ = acc.Send(ctx, ethFrame(2, 1, "to the trunk"))
+	got := recvTimeout(t, tr, time.Second)
+	if got == nil || got[12] != 0x81 || got[13] != 0x00 || (int(got[14])<<8|int(got[15]))&0xfff != 42 || !bytes.Contains(got, []byte("to the trunk")) {
+		t.Fatalf("trunk got %x, want a frame tagged with VLAN 42", got)
+	}
+	tagged := func(vlan uint16, payload string) []byte {
+		f := ethFrame(1, 2, payload)
+		return append(append(append([]byte(nil), f[:12]...), 0x81, 0, byte(vlan>>8), byte(vlan)), f[12:]...)
+	}
+	_ = tr.Send(ctx, tagged(42, "from the trunk"))
+	got = recvTimeout(t, acc, time.Second)
+	if got == nil || got[12] != 0x88 || !bytes.Contains(got, []byte("from the trunk")) {
+		t.Fatalf("access port got %x, want the untagged frame", got)
+	}
+	_ = tr.Send(ctx, tagged(43, "wrong vlan"))
+	if got := recvTimeout(t, acc, 50*time.Millisecond); got != nil {
+		t.Fatal("a frame of a VLAN the trunk does not carry was forwarded")
+	}
+}
