@@ -172,7 +172,7 @@ func (m *Machine) Pause(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	return mon.run(ctx, "stop", nil, nil, nil)
+	return mon.stop(ctx)
 }
 
 // Resume continues the VM, also after a completed or failed save (QEMU
@@ -187,7 +187,7 @@ func (m *Machine) Resume(ctx context.Context) error {
 	if mi, err := mon.waitMigrationIdle(ctx); err != nil {
 		return fmt.Errorf("resume: %w (migration %s)", err, mi)
 	}
-	return mon.run(ctx, "cont", nil, nil, nil)
+	return mon.cont(ctx)
 }
 
 // waitMigrationIdle waits until no migration is in progress.
@@ -214,7 +214,7 @@ func (mon *monitor) waitMigrationIdle(ctx context.Context) (string, error) {
 // owns it (see RemoveLocal).
 func (m *Machine) Destroy(ctx context.Context) error {
 	if mon, err := m.conn(ctx); err == nil {
-		mon.run(ctx, "quit", nil, nil, nil)
+		mon.quit(ctx)
 		mon.Close()
 	}
 	if werr := m.waitExit(ctx, 10*time.Second); werr != nil {

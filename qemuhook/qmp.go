@@ -151,7 +151,24 @@ func (m *monitor) run(ctx context.Context, cmd string, args any, out any, f *os.
 	return nil
 }
 
-// status is query-status.
+// call runs one of go-qemu's generated commands under ctx.
+func (m *monitor) call(ctx context.Context, name string, f func() error) error {
+	if err := m.do(ctx, f); err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		return fmt.Errorf("%s: %w: %v", name, ErrQMP, err)
+	}
+	return nil
+}
+
+// stop, cont and quit use go-qemu's generated commands.
+func (m *monitor) stop(ctx context.Context) error { return m.call(ctx, "stop", m.raw.Stop) }
+func (m *monitor) cont(ctx context.Context) error { return m.call(ctx, "cont", m.raw.Cont) }
+func (m *monitor) quit(ctx context.Context) error { return m.call(ctx, "quit", m.raw.Quit) }
+
+// status is query-status: "running", "paused", "postmigrate", ... Raw
+// JSON, since go-qemu's RunState enum rejects states newer than its schema.
 func (m *monitor) status(ctx context.Context) (string, error) {
 	var st struct {
 		Status string `json:"status"`

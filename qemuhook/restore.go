@@ -190,7 +190,7 @@ func Restore(ctx context.Context, dir string, opts RestoreOptions) (*Machine, er
 		}
 	}
 	if !opts.Paused {
-		if err := mon.run(ctx, "cont", nil, nil, nil); err != nil {
+		if err := mon.cont(ctx); err != nil {
 			return fail(err)
 		}
 	}
