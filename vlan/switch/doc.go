@@ -43,4 +43,10 @@
 //
 // The Log has a versioned file format with per-record checksums (WriteTo,
 // ReadLog); a truncated or corrupt log is refused.
+//
+// The control API is the Switch's methods; NewHandler serves the same API
+// over HTTP and Client calls it, for an orchestration in another process.
+//
+// The package lives in vlan/switch; its name is vswitch because switch is a
+// Go keyword.
 package vswitch

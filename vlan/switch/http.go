@@ -1,0 +1,201 @@
+package vswitch
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+)
+
+// The control API over HTTP, for a swap orchestration that runs in another
+// process than the switch:
+//
+//	POST /v1/checkpoint/begin          body {"epoch": N}
+//	POST /v1/ports/{name}/freeze
+//	POST /v1/ports/{name}/checkpointed
+//	POST /v1/checkpoint/end            response: the Log in its file format
+//	POST /v1/restore                   body: a Log in its file format
+//	POST /v1/resume
+//	GET  /v1/status                    response {"epoch": N, "state": "..."}
+//
+// Errors are plain text with status 409 (ErrCheckpoint), 404
+// (ErrUnknownPort), 400 (ErrCorruptLog or a bad request), 500 otherwise;
+// Client maps them back so that errors.Is works across the wire.
+
+// maxLogBody bounds a restore request (MaxInFlight frames of every port
+// would be far less).
+const maxLogBody = 1 << 30
+
+// NewHandler returns the HTTP control API of sw.
+func NewHandler(sw *Switch) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/checkpoint/begin", func(w http.ResponseWriter, r *http.Request) {
+		var req struct {
+			Epoch uint64 `json:"epoch"`
+		}
+		if err := json.NewDecoder(io.LimitReader(r.Body, 1<<10)).Decode(&req); err != nil {
+			http.Error(w, "bad request: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		reply(w, sw.BeginCheckpoint(r.Context(), req.Epoch))
+	})
+	mux.HandleFunc("POST /v1/ports/{name}/freeze", func(w http.ResponseWriter, r *http.Request) {
+		reply(w, sw.FreezePort(r.Context(), r.PathValue("name")))
+	})
+	mux.HandleFunc("POST /v1/ports/{name}/checkpointed", func(w http.ResponseWriter, r *http.Request) {
+		reply(w, sw.PortCheckpointed(r.Context(), r.PathValue("name")))
+	})
+	mux.HandleFunc("POST /v1/checkpoint/end", func(w http.ResponseWriter, r *http.Request) {
+		lg, err := sw.EndCheckpoint(r.Context())
+		if err != nil {
+			reply(w, err)
+			return
+		}
+		var buf bytes.Buffer
+		if _, err := lg.WriteTo(&buf); err != nil {
+			reply(w, err)
+			return
+		}
+		w.Header().Set("Content-Type", "application/octet-stream")
+		_, _ = w.Write(buf.Bytes())
+	})
+	mux.HandleFunc("POST /v1/restore", func(w http.ResponseWriter, r *http.Request) {
+		lg, err := ReadLog(io.LimitReader(r.Body, maxLogBody))
+		if err != nil {
+			reply(w, err)
+			return
+		}
+		reply(w, sw.Restore(r.Context(), lg))
+	})
+	mux.HandleFunc("POST /v1/resume", func(w http.ResponseWriter, r *http.Request) {
+		reply(w, sw.Resume(r.Context()))
+	})
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+		sw.mu.Lock()
+		st := struct {
+			Epoch uint64 `json:"epoch"`
+			State string `json:"state"`
+		}{sw.ck.epoch, sw.ck.state.String()}
+		sw.mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(st)
+	})
+	return mux
+}
+
+func reply(w http.ResponseWriter, err error) {
+	switch {
+	case err == nil:
+		w.WriteHeader(http.StatusNoContent)
+	case errors.Is(err, ErrCheckpoint):
+		http.Error(w, err.Error(), http.StatusConflict)
+	case errors.Is(err, ErrUnknownPort):
+		http.Error(w, err.Error(), http.StatusNotFound)
+	case errors.Is(err, ErrCorruptLog):
+		http.Error(w, err.Error(), http.StatusBadRequest)
+	default:
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+	}
+}
+
+// Client calls a switch's HTTP control API. Its methods mirror Switch's.
+type Client struct {
+	// Base is the API's base URL, e.g. "http://127.0.0.1:7070".
+	Base string
+	// HTTP is the client to use; nil means http.DefaultClient. Calls are
+	// bounded by their context.
+	HTTP *http.Client
+}
+
+// RemoteError is an error reported by the switch.
+type RemoteError struct {
+	Status int
+	Msg    string
+	kind   error
+}
+
+func (e *RemoteError) Error() string { return fmt.Sprintf("vswitch: remote: %s", e.Msg) }
+func (e *RemoteError) Unwrap() error { return e.kind }
+
+func (c *Client) call(ctx context.Context, path string, body []byte) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimSuffix(c.Base, "/")+path, bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	hc := c.HTTP
+	if hc == nil {
+		hc = http.DefaultClient
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, maxLogBody))
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode/100 != 2 {
+		e := &RemoteError{Status: resp.StatusCode, Msg: strings.TrimSpace(string(b))}
+		switch resp.StatusCode {
+		case http.StatusConflict:
+			e.kind = ErrCheckpoint
+		case http.StatusNotFound:
+			e.kind = ErrUnknownPort
+		case http.StatusBadRequest:
+			if strings.Contains(e.Msg, ErrCorruptLog.Error()) {
+				e.kind = ErrCorruptLog
+			}
+		}
+		return nil, e
+	}
+	return b, nil
+}
+
+// BeginCheckpoint calls Switch.BeginCheckpoint.
+func (c *Client) BeginCheckpoint(ctx context.Context, epoch uint64) error {
+	_, err := c.call(ctx, "/v1/checkpoint/begin", fmt.Appendf(nil, `{"epoch":%d}`, epoch))
+	return err
+}
+
+// FreezePort calls Switch.FreezePort.
+func (c *Client) FreezePort(ctx context.Context, name string) error {
+	_, err := c.call(ctx, "/v1/ports/"+url.PathEscape(name)+"/freeze", nil)
+	return err
+}
+
+// PortCheckpointed calls Switch.PortCheckpointed.
+func (c *Client) PortCheckpointed(ctx context.Context, name string) error {
+	_, err := c.call(ctx, "/v1/ports/"+url.PathEscape(name)+"/checkpointed", nil)
+	return err
+}
+
+// EndCheckpoint calls Switch.EndCheckpoint; the log is checked on arrival.
+func (c *Client) EndCheckpoint(ctx context.Context) (*Log, error) {
+	b, err := c.call(ctx, "/v1/checkpoint/end", nil)
+	if err != nil {
+		return nil, err
+	}
+	return ReadLog(bytes.NewReader(b))
+}
+
+// Restore calls Switch.Restore.
+func (c *Client) Restore(ctx context.Context, lg *Log) error {
+	var buf bytes.Buffer
+	if _, err := lg.WriteTo(&buf); err != nil {
+		return err
+	}
+	_, err := c.call(ctx, "/v1/restore", buf.Bytes())
+	return err
+}
+
+// Resume calls Switch.Resume.
+func (c *Client) Resume(ctx context.Context) error {
+	_, err := c.call(ctx, "/v1/resume", nil)
+	return err
+}
