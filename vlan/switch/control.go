@@ -458,14 +458,35 @@ func (sw *Switch) Restore(ctx context.Context, lg *Log) error {
 // The replay is handed to each port's writer and proceeds as fast as the
 // node takes frames: Resume does not wait for it, so the nodes may be
 // continued before or after Resume.
+//
+// Resume during a checkpoint (after a failed EndCheckpoint, or when the
+// swapout is abandoned) aborts it: the epoch is used up, and every frame
+// logged, held or queued is delivered as if the checkpoint had ended.
 func (sw *Switch) Resume(ctx context.Context) error {
 	sw.mu.Lock()
-	if sw.ck.state != ckEnded && sw.ck.state != ckRestored {
+	if sw.ck.state == ckIdle {
 		sw.mu.Unlock()
 		return fmt.Errorf("%w: Resume while %v", ErrCheckpoint, sw.ck.state)
 	}
+	aborting := sw.ck.state == ckActive
+	target := sw.ck.target
 	parts, _ := sw.participantsLocked()
 	sw.mu.Unlock()
+
+	if aborting {
+		// Abandon the checkpoint: every port moves to its epoch now, so
+		// that held frames are released and nothing waits for a cut.
+		sw.log.Warn("checkpoint aborted by Resume", "epoch", target)
+		for _, pt := range parts {
+			if err := pt.send(ctx, ctlMsg{kind: ctlCut}).err; err != nil {
+				return fmt.Errorf("vswitch: Resume: aborting the checkpoint: %w", err)
+			}
+			pt.txEpoch.Store(target)
+		}
+		sw.mu.Lock()
+		sw.ck.state = ckEnded
+		sw.mu.Unlock()
+	}
 
 	for _, pt := range parts {
 		if w, ok := pt.p.(ConnWaiter); ok {

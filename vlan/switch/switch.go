@@ -361,6 +361,18 @@ func (pt *port) readLoop() {
 				batch[i] = nil
 				pt.ingress(f, ep, ports, now)
 			}
+			if req := pt.txReq.Load(); req != nil {
+				// Checkpoint requested: done as soon as the input is empty
+				// (a node that still sends is checkpointed between two
+				// batches).
+				if d, ok := pt.p.(InputDrainer); ok {
+					if k, err := d.InputBuffered(); err == nil && k == 0 {
+						pt.finishTx(req)
+						probing = false
+						continue
+					}
+				}
+			}
 			if probing {
 				_ = pt.p.SetReadDeadline(time.Now().Add(sw.cfg.Probe))
 			}

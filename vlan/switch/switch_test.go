@@ -467,3 +467,53 @@ func TestDot1QTrunk(t *testing.T) {
 		t.Fatal("a frame of a VLAN the trunk does not carry was forwarded")
 	}
 }
+
+// TestResumeAbortsCheckpoint: an abandoned checkpoint releases every frame
+// it logged or held, and the switch can checkpoint again.
+func TestResumeAbortsCheckpoint(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	sw := newTestSwitch(t, Config{})
+	a, b, c := NewMemPort(16), NewMemPort(16), NewMemPort(16)
+	mustAdd(t, sw, PortConfig{Name: "a", VLAN: 1}, a)
+	mustAdd(t, sw, PortConfig{Name: "b", VLAN: 1}, b)
+	mustAdd(t, sw, PortConfig{Name: "c", VLAN: 1}, c)
+	for i, p := range []*MemPort{a, b, c} { // learn every address
+		_ = p.Send(ctx, ethFrame(0xee, byte(i+1), "hello"))
+	}
+	time.Sleep(50 * time.Millisecond)
+	for _, p := range []*MemPort{a, b, c} {
+		for recvTimeout(t, p, 20*time.Millisecond) != nil {
+		}
+	}
+	if err := sw.BeginCheckpoint(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := sw.FreezePort(ctx, "b"); err != nil {
+		t.Fatal(err)
+	}
+	_ = a.Send(ctx, ethFrame(2, 1, "logged")) // a (old epoch) -> b (cut)
+	if err := sw.PortCheckpointed(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+	_ = a.Send(ctx, ethFrame(3, 1, "held")) // a (new epoch) -> c (not cut)
+	if recvTimeout(t, b, 50*time.Millisecond) != nil || recvTimeout(t, c, 50*time.Millisecond) != nil {
+		t.Fatal("a frame crossed the checkpoint line")
+	}
+	if err := sw.Resume(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := recvTimeout(t, b, time.Second); !bytes.Contains(got, []byte("logged")) {
+		t.Fatalf("b got %q after the abort", got)
+	}
+	if got := recvTimeout(t, c, time.Second); !bytes.Contains(got, []byte("held")) {
+		t.Fatalf("c got %q after the abort", got)
+	}
+	_ = c.Send(ctx, ethFrame(2, 3, "normal"))
+	if got := recvTimeout(t, b, time.Second); !bytes.Contains(got, []byte("normal")) {
+		t.Fatalf("forwarding after the abort: b got %q", got)
+	}
+	if err := sw.BeginCheckpoint(ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+}
