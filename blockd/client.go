@@ -11,6 +11,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync"
 
 	"stasis/cas"
 )
@@ -252,36 +253,35 @@ func (c *Client) Put(ctx context.Context, chunks []Chunk) error {
 	return nil
 }
 
-var errAbandoned = errors.New("blockd: put request abandoned")
-
 func (c *Client) putRequest(ctx context.Context, chunks []Chunk) error {
-	pr, pw := io.Pipe()
-	written := make(chan struct{})
-	go func() {
-		defer close(written)
-		bw := bufio.NewWriterSize(pw, 256<<10)
-		var hdr [cas.IDSize + binary.MaxVarintLen64]byte
-		for _, ch := range chunks {
-			copy(hdr[:], ch.ID[:])
-			k := binary.PutUvarint(hdr[cas.IDSize:], uint64(len(ch.Data)))
-			if _, err := bw.Write(hdr[:cas.IDSize+k]); err != nil {
-				return
-			}
-			if _, err := bw.Write(ch.Data); err != nil {
-				return
-			}
-		}
-		pw.CloseWithError(bw.Flush())
-	}()
-	resp, err := c.do(ctx, cas.OpPut, "POST", "/v1/put", pr)
-	// Stop the writer (if the server answered early) and wait for it, so
-	// that nothing reads chunks after Put returns.
-	pr.CloseWithError(errAbandoned)
-	<-written
+	tok, err := c.tokens(cas.OpPut)
+	if err != nil {
+		return fmt.Errorf("blockd: token for %s: %w", cas.OpPut, err)
+	}
+	// The body is read straight from the chunks: no copy of the data
+	// into an intermediate buffer, a known length, and a fresh body for
+	// the transport if it must resend the request.
+	// The transport may still be reading a body when a refusal arrives;
+	// stopping the gate before returning keeps it from touching chunks
+	// after Put has returned.
+	g := &bodyGate{}
+	defer g.stop()
+	req, err := http.NewRequestWithContext(ctx, "POST", c.base+"/v1/put", newFrameBody(chunks, g))
 	if err != nil {
 		return err
 	}
+	req.ContentLength = framesLen(chunks)
+	req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(newFrameBody(chunks, g)), nil }
+	req.Header.Set("Authorization", "Bearer "+tok)
+	req.Header.Set("Content-Type", "application/octet-stream")
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("blockd: POST /v1/put: %w", err)
+	}
 	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		return responseError(resp)
+	}
 	var er errorResponse
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&er); err != nil {
 		return fmt.Errorf("blockd: put response: %w", err)
@@ -290,6 +290,79 @@ func (c *Client) putRequest(ctx context.Context, chunks []Chunk) error {
 		return fmt.Errorf("blockd: put: server acknowledged %v of %d chunks", er.Stored, len(chunks))
 	}
 	return nil
+}
+
+// framesLen is the length of the frames of chunks.
+func framesLen(chunks []Chunk) int64 {
+	var n int64
+	var tmp [binary.MaxVarintLen64]byte
+	for _, c := range chunks {
+		n += int64(cas.IDSize + binary.PutUvarint(tmp[:], uint64(len(c.Data))) + len(c.Data))
+	}
+	return n
+}
+
+// bodyGate stops frame bodies: once stopped, they read no more.
+type bodyGate struct {
+	mu      sync.Mutex
+	stopped bool
+}
+
+// stop waits for a Read in progress and fails every later one.
+func (g *bodyGate) stop() {
+	g.mu.Lock()
+	g.stopped = true
+	g.mu.Unlock()
+}
+
+var errAbandoned = errors.New("blockd: put request abandoned")
+
+// frameBody reads the frames of chunks without copying them first.
+type frameBody struct {
+	gate   *bodyGate
+	chunks []Chunk
+	hdr    [cas.IDSize + binary.MaxVarintLen64]byte
+	cur    []byte // unread part of the current frame's header
+	data   []byte // unread part of the current frame's data
+}
+
+func newFrameBody(chunks []Chunk, g *bodyGate) *frameBody {
+	return &frameBody{chunks: chunks, gate: g}
+}
+
+func (f *frameBody) Read(p []byte) (int, error) {
+	if f.gate != nil {
+		f.gate.mu.Lock()
+		defer f.gate.mu.Unlock()
+		if f.gate.stopped {
+			return 0, errAbandoned
+		}
+	}
+	n := 0
+	for n < len(p) {
+		switch {
+		case len(f.cur) > 0:
+			k := copy(p[n:], f.cur)
+			f.cur = f.cur[k:]
+			n += k
+		case len(f.data) > 0:
+			k := copy(p[n:], f.data)
+			f.data = f.data[k:]
+			n += k
+		case len(f.chunks) > 0:
+			c := f.chunks[0]
+			f.chunks = f.chunks[1:]
+			copy(f.hdr[:], c.ID[:])
+			k := binary.PutUvarint(f.hdr[cas.IDSize:], uint64(len(c.Data)))
+			f.cur, f.data = f.hdr[:cas.IDSize+k], c.Data
+		default:
+			if n == 0 {
+				return 0, io.EOF
+			}
+			return n, nil
+		}
+	}
+	return n, nil
 }
 
 // Delete implements PruneStore (needs a token granting cas.OpDelete).
