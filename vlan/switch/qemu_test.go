@@ -452,3 +452,58 @@ func parallel(t *testing.T, guests []*e2eGuest, f func(*e2eGuest) error) {
 		t.Fatal(err)
 	}
 }
+
+// TestQEMUDgramNetdev: a guest on a QEMU dgram netdev (one frame per unix
+// datagram) and a guest on a stream netdev reach each other through the
+// switch.
+func TestQEMUDgramNetdev(t *testing.T) {
+	if testing.Short() {
+		t.Skip("boots two QEMU guests under TCG; skipped with -short")
+	}
+	files := testguest.Require(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	sw := newTestSwitch(t, Config{})
+	swSock, vmSock := filepath.Join(dir, "a.sw"), filepath.Join(dir, "a.vm")
+	dp, err := NewDgramPort(swSock, vmSock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustAdd(t, sw, PortConfig{Name: "a", VLAN: 9}, dp)
+	sp, err := ListenStream(filepath.Join(dir, "b.sw"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustAdd(t, sw, PortConfig{Name: "b", VLAN: 9}, sp)
+	netdevs := map[string]string{
+		"a": "dgram,id=n0,local.type=unix,local.path=" + vmSock + ",remote.type=unix,remote.path=" + swSock,
+		"b": "stream,id=n0,server=off,addr.type=unix,addr.path=" + sp.Path(),
+	}
+	var guests []*e2eGuest
+	for i, name := range []string{"a", "b"} {
+		g := &e2eGuest{name: name, dir: filepath.Join(dir, name)}
+		if err := os.MkdirAll(g.dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		g.cfg = testguest.Config{
+			Dir: g.dir, Name: name, MemMiB: 128, NoDisk: true, Shell: true,
+			KernelArgs: []string{fmt.Sprintf("stasis.ip=10.0.9.%d/24", i+1)},
+			QEMUArgs: []string{"-netdev", netdevs[name],
+				"-device", fmt.Sprintf("virtio-net-pci,netdev=n0,mac=52:54:00:00:09:%02d,romfile=", i+1)},
+		}
+		g.launch(t, files)
+		guests = append(guests, g)
+	}
+	for _, g := range guests {
+		if _, err := g.g.Console.WaitTick(ctx, nil); err != nil {
+			t.Fatalf("%s did not boot: %v", g.name, err)
+		}
+	}
+	guests[0].exec(t, ctx, "ping -c 2 -W 5 10.0.9.2 >/dev/null")
+	guests[1].exec(t, ctx, "ping -c 2 -W 5 10.0.9.1 >/dev/null")
+	st, _ := sw.Stats("a")
+	if st.RxFrames.Load() == 0 || st.TxFrames.Load() == 0 {
+		t.Fatalf("no frames through the dgram port: rx %d tx %d", st.RxFrames.Load(), st.TxFrames.Load())
+	}
+}
