@@ -130,6 +130,7 @@ type e2eGuest struct {
 	name, ip, mac string
 	dir, netSock  string
 	state         string
+	sw            int // index of the guest's switch
 	cfg           testguest.Config
 	g             *testguest.Guest
 	q             *qmpConn
@@ -214,11 +215,20 @@ func (e *e2eGuest) retransSegs(t *testing.T, ctx context.Context) int {
 // checkpoints both guests and the switch in the middle of it, kills
 // everything, restores guests and switch from the saved state, and checks
 // that the transfer completes intact without TCP retransmissions.
+//
+// "one-switch" connects both guests to one switch; "two-hosts" puts each
+// guest on its own switch instance, the two joined by a UDP trunk between
+// two network namespaces, so the checkpoint also crosses the trunk.
 func TestQEMUGuestsTCPAcrossCheckpointRestore(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots two QEMU guests under TCG; skipped with -short")
 	}
 	files := testguest.Require(t)
+	t.Run("one-switch", func(t *testing.T) { testQEMUTCP(t, files, false) })
+	t.Run("two-hosts", func(t *testing.T) { testQEMUTCP(t, files, true) })
+}
+
+func testQEMUTCP(t *testing.T, files testguest.Files, twoHostsMode bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	dir := t.TempDir()
@@ -227,16 +237,28 @@ func TestQEMUGuestsTCPAcrossCheckpointRestore(t *testing.T) {
 		{name: "a", ip: "10.0.0.1", mac: "52:54:00:12:34:01"},
 		{name: "b", ip: "10.0.0.2", mac: "52:54:00:12:34:02"},
 	}
-	newSwitch := func() *Switch {
-		sw := newTestSwitch(t, Config{})
+	var nsA, nsB string
+	if twoHostsMode {
+		nsA, nsB = twoHosts(t)
+		guests[1].sw = 1
+	}
+	// newNet builds the switches (again after a swapout, as a swapin would).
+	newNet := func() []*Switch {
+		sws := []*Switch{newTestSwitch(t, Config{})}
+		if twoHostsMode {
+			sws = append(sws, newTestSwitch(t, Config{}))
+			ta, tb := udpTrunkPair(t, nsA, nsB)
+			mustAdd(t, sws[0], PortConfig{Name: "trunk", Mode: Trunk}, ta)
+			mustAdd(t, sws[1], PortConfig{Name: "trunk", Mode: Trunk}, tb)
+		}
 		for _, g := range guests {
 			p, err := ListenStream(g.netSock)
 			if err != nil {
 				t.Fatal(err)
 			}
-			mustAdd(t, sw, PortConfig{Name: g.name, VLAN: 100}, p)
+			mustAdd(t, sws[g.sw], PortConfig{Name: g.name, VLAN: 100}, p)
 		}
-		return sw
+		return sws
 	}
 	for _, g := range guests {
 		g.dir = filepath.Join(dir, g.name)
@@ -254,7 +276,7 @@ func TestQEMUGuestsTCPAcrossCheckpointRestore(t *testing.T) {
 			},
 		}
 	}
-	sw := newSwitch()
+	sws := newNet()
 	for _, g := range guests {
 		g.launch(t, files)
 	}
@@ -295,12 +317,14 @@ func TestQEMUGuestsTCPAcrossCheckpointRestore(t *testing.T) {
 	// Checkpoint: freeze each guest's port and pause it at once, all guests
 	// in parallel, so that no guest runs long without its network (a TCP
 	// sender would fire a loss probe); then tell the switch.
-	if err := sw.BeginCheckpoint(ctx, 1); err != nil {
-		t.Fatal(err)
+	for _, sw := range sws {
+		if err := sw.BeginCheckpoint(ctx, 1); err != nil {
+			t.Fatal(err)
+		}
 	}
 	parallel(t, guests, func(g *e2eGuest) error {
 		t0 := time.Now()
-		if err := sw.FreezePort(ctx, g.name); err != nil {
+		if err := sws[g.sw].FreezePort(ctx, g.name); err != nil {
 			return err
 		}
 		t1 := time.Now()
@@ -309,54 +333,71 @@ func TestQEMUGuestsTCPAcrossCheckpointRestore(t *testing.T) {
 		return err
 	})
 	for _, g := range guests {
-		if err := sw.PortCheckpointed(ctx, g.name); err != nil {
+		if err := sws[g.sw].PortCheckpointed(ctx, g.name); err != nil {
 			t.Fatal(err)
 		}
 	}
-	lg, err := sw.EndCheckpoint(ctx)
-	if err != nil {
-		t.Fatal(err)
+	// Each switch waits for the other's end-of-epoch marker: in parallel.
+	logs := make([]*Log, len(sws))
+	{
+		errs := make([]error, len(sws))
+		var wg sync.WaitGroup
+		for i, sw := range sws {
+			wg.Add(1)
+			go func() { defer wg.Done(); logs[i], errs[i] = sw.EndCheckpoint(ctx) }()
+		}
+		wg.Wait()
+		if err := errors.Join(errs...); err != nil {
+			t.Fatal(err)
+		}
 	}
 	for _, g := range guests {
 		if err := g.q.save(ctx, g.state); err != nil {
 			t.Fatalf("%s: save: %v", g.name, err)
 		}
 	}
-	logPath := filepath.Join(dir, "network.log")
-	lf, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
+	inflight := 0
+	for i, lg := range logs {
+		lf, err := os.Create(filepath.Join(dir, fmt.Sprintf("network-%d.log", i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := lg.WriteTo(lf); err != nil {
+			t.Fatal(err)
+		}
+		if err := lf.Close(); err != nil {
+			t.Fatal(err)
+		}
+		inflight += len(lg.Entries)
 	}
-	if _, err := lg.WriteTo(lf); err != nil {
-		t.Fatal(err)
-	}
-	if err := lf.Close(); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("checkpoint: %d in-flight frames logged", len(lg.Entries))
+	t.Logf("checkpoint: %d in-flight frames logged", inflight)
 
 	// Swapped out: no QEMU, no switch.
 	for _, g := range guests {
 		g.g.Kill()
 	}
-	if err := sw.Close(); err != nil {
-		t.Fatal(err)
+	for _, sw := range sws {
+		if err := sw.Close(); err != nil {
+			t.Fatal(err)
+		}
 	}
 	time.Sleep(time.Second)
 
-	// Swapin: a new switch restores the log; guests restore their state.
-	sw = newSwitch()
-	lf, err = os.Open(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lg2, err := ReadLog(lf)
-	lf.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := sw.Restore(ctx, lg2); err != nil {
-		t.Fatal(err)
+	// Swapin: new switches restore their logs; guests restore their state.
+	sws = newNet()
+	for i, sw := range sws {
+		lf, err := os.Open(filepath.Join(dir, fmt.Sprintf("network-%d.log", i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		lg, err := ReadLog(lf)
+		lf.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := sw.Restore(ctx, lg); err != nil {
+			t.Fatal(err)
+		}
 	}
 	for _, g := range guests {
 		g.launch(t, files, "-incoming", "exec:cat "+g.state)
@@ -376,8 +417,10 @@ func TestQEMUGuestsTCPAcrossCheckpointRestore(t *testing.T) {
 			time.Sleep(50 * time.Millisecond)
 		}
 	}
-	if err := sw.Resume(ctx); err != nil {
-		t.Fatal(err)
+	for _, sw := range sws {
+		if err := sw.Resume(ctx); err != nil {
+			t.Fatal(err)
+		}
 	}
 	parallel(t, guests, func(g *e2eGuest) error {
 		_, err := g.q.do(ctx, "cont", nil)
@@ -402,7 +445,7 @@ func TestQEMUGuestsTCPAcrossCheckpointRestore(t *testing.T) {
 	}
 	sa, sb := a.tcpStats(t, ctx), b.tcpStats(t, ctx)
 	for _, g := range guests {
-		st, _ := sw.Stats(g.name)
+		st, _ := sws[g.sw].Stats(g.name)
 		t.Logf("port %s after restore: rx %d tx %d txerr %d drops %d replayed %d", g.name, st.RxFrames.Load(), st.TxFrames.Load(), st.TxErrors.Load(), st.QueueDrops.Load(), st.Replayed.Load())
 	}
 	t.Logf("a: RetransSegs %d (%d before the checkpoint) TCPTimeouts=%d TCPSpuriousRTOs=%d TCPDSACKRecv=%d; b: RetransSegs %d TCPDSACKOldSent=%d",
@@ -424,11 +467,18 @@ func TestQEMUGuestsTCPAcrossCheckpointRestore(t *testing.T) {
 	}
 	var replayed uint64
 	for _, g := range guests {
-		st, _ := sw.Stats(g.name)
+		st, _ := sws[g.sw].Stats(g.name)
 		replayed += st.Replayed.Load()
 	}
-	if replayed != uint64(len(lg.Entries)) {
-		t.Fatalf("replayed %d frames, the log had %d", replayed, len(lg.Entries))
+	if replayed != uint64(inflight) {
+		t.Fatalf("replayed %d frames, the logs had %d", replayed, inflight)
+	}
+	if twoHostsMode {
+		for i, sw := range sws {
+			if st, _ := sw.Stats("trunk"); st.RxFrames.Load() == 0 {
+				t.Fatalf("switch %d: nothing crossed the trunk after the restore", i)
+			}
+		}
 	}
 	t.Logf("transfer of %d bytes intact; RetransSegs a=%d b=%d; %d in-flight frames replayed", size, sa["RetransSegs"], sb["RetransSegs"], replayed)
 }
