@@ -81,6 +81,10 @@ func (pt *port) send(ctx context.Context, m ctlMsg) ctlReply {
 		return r
 	case <-pt.done:
 		return ctlReply{err: fmt.Errorf("%w: port %s", ErrClosed, pt.cfg.Name)}
+	case <-ctx.Done():
+		// The writer is stuck writing to a peer that does not read; the
+		// message still takes effect when it gets to it.
+		return ctlReply{err: fmt.Errorf("vswitch: port %s: writer busy: %w", pt.cfg.Name, ctx.Err())}
 	}
 }
 
