@@ -2,8 +2,6 @@ package vswitch
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"net"
 	"os"
 	"sync"
@@ -293,7 +291,3 @@ func (t *memTrunk) Close() error {
 	t.closeOnce.Do(func() { close(t.closed) })
 	return nil
 }
-
-var errShortWrite = errors.New("vswitch: short write")
-
-func portErr(name string, err error) error { return fmt.Errorf("vswitch: port %s: %w", name, err) }
