@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"testing"
 
+	"github.com/pierrec/lz4/v4"
 	"github.com/zeebo/blake3"
 )
 
@@ -105,3 +106,41 @@ func BenchmarkIsZero(b *testing.B) {
 }
 
 func sizeName(n int) string { return strconv.Itoa(n>>10) + "K" }
+
+// BenchmarkLZ4 compares the chunk encoder's LZ4 with pierrec/lz4's
+// CompressBlock on the same inputs (block compression only, no header).
+func BenchmarkLZ4(b *testing.B) {
+	in := lz4Inputs()
+	for _, name := range []string{"text-64K", "halfrandom", "ram", "random-4096"} {
+		src := in[name]
+		if name == "random-4096" {
+			src = randBytes(77, 64<<10)
+			name = "random-64K"
+		}
+		dst := make([]byte, lz4.CompressBlockBound(len(src)))
+		b.Run("cas/"+name, func(b *testing.B) {
+			var t lz4Table
+			b.SetBytes(int64(len(src)))
+			n := 0
+			for b.Loop() {
+				n = lz4Compress(dst[:len(src)], src, &t)
+			}
+			if n == 0 {
+				n = len(src)
+			}
+			b.ReportMetric(float64(n)/float64(len(src)), "ratio")
+		})
+		b.Run("pierrec/"+name, func(b *testing.B) {
+			var c lz4.Compressor
+			b.SetBytes(int64(len(src)))
+			n := 0
+			for b.Loop() {
+				n, _ = c.CompressBlock(src, dst)
+			}
+			if n == 0 {
+				n = len(src)
+			}
+			b.ReportMetric(float64(n)/float64(len(src)), "ratio")
+		})
+	}
+}

@@ -47,31 +47,37 @@ var (
 	ErrHashMismatch = errors.New("cas: chunk hash mismatch")
 )
 
-// compressors reuses LZ4 hash tables (64 KiB each) across Encode calls.
-var compressors = sync.Pool{New: func() any { return new(lz4.Compressor) }}
+// lz4Tables reuses the LZ4 encoder's hash tables (16 KiB each).
+var lz4Tables = sync.Pool{New: func() any { return new(lz4Table) }}
 
 // Encode appends the encoding of the raw chunk to dst and returns it. It
-// uses LZ4 when that makes the chunk smaller, and stores it raw otherwise.
-// It panics only on programmer error (a chunk larger than MaxChunkSize).
+// uses LZ4 when that makes the chunk smaller, and stores it raw otherwise;
+// it never needs more than 1+len(raw) bytes of dst. An incompressible
+// chunk costs a quick scan and one copy. It panics only on programmer
+// error (a chunk larger than MaxChunkSize).
 func Encode(dst, raw []byte) []byte {
 	if len(raw) > MaxChunkSize {
 		panic(fmt.Sprintf("cas.Encode: %d-byte chunk exceeds MaxChunkSize", len(raw)))
 	}
 	start := len(dst)
-	bound := 1 + binary.MaxVarintLen32 + lz4.CompressBlockBound(len(raw))
-	dst = grow(dst, bound)
-	buf := dst[start : start+bound]
-	buf[0] = byte(CodecLZ4)
-	h := 1 + binary.PutUvarint(buf[1:], uint64(len(raw)))
-	c := compressors.Get().(*lz4.Compressor)
-	n, err := c.CompressBlock(raw, buf[h:])
-	compressors.Put(c)
-	if err == nil && n > 0 && h+n < 1+len(raw) {
-		return dst[:start+h+n]
+	dst = grow(dst, 1+len(raw))
+	buf := dst[start:]
+	var hdr [binary.MaxVarintLen32]byte
+	h := 1 + binary.PutUvarint(hdr[:], uint64(len(raw)))
+	if len(raw) > h {
+		// The block must be smaller than the raw payload with its header.
+		t := lz4Tables.Get().(*lz4Table)
+		n := lz4Compress(buf[h:1+len(raw)-1], raw, t)
+		lz4Tables.Put(t)
+		if n > 0 {
+			buf[0] = byte(CodecLZ4)
+			copy(buf[1:], hdr[:h-1])
+			return dst[:start+h+n]
+		}
 	}
-	dst = dst[:start]
-	dst = append(dst, byte(CodecRaw))
-	return append(dst, raw...)
+	buf[0] = byte(CodecRaw)
+	copy(buf[1:], raw)
+	return dst[:start+1+len(raw)]
 }
 
 // EncodedCodec returns the codec of an encoded chunk.
