@@ -15,10 +15,10 @@
 //   - ModeMappedRAM: QEMU ≥ 9 writes `file:` + mapped-ram directly into
 //     `memory` on casfs (fixed 4 KiB chunks).
 //
-// ModeAuto picks stream: measured here (bench/RESULTS.md) it has 2–3× less
-// downtime than ram-file for the same bytes uploaded to casfs, because
-// ram-file hashes and verifies the RAM file's full logical size. ram-file
-// and mapped-ram are chosen explicitly.
+// ModeAuto picks stream: measured here (bench/RESULTS.md) it has about 3×
+// less downtime than ram-file when saving into casfs, for ~3% more bytes
+// uploaded, because ram-file hashes and verifies the RAM file's full logical
+// size. ram-file and mapped-ram are chosen explicitly.
 //
 // Virtual time: the guest must run with `-rtc clock=vm`. The guest's RTC at
 // pause is recorded in the manifest, and restore starts QEMU with
