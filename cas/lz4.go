@@ -37,16 +37,20 @@ const (
 // lz4Table is the encoder's hash table of input positions.
 type lz4Table [1 << lz4HashLog]uint32
 
-func lz4Hash(v uint64) uint32 {
+// lz4Hash hashes the low 5 bytes of v into 64-shift bits.
+func lz4Hash(v uint64, shift uint) uint32 {
 	const prime5bytes = 889523592379
-	return uint32(((v << 24) * prime5bytes) >> (64 - lz4HashLog))
+	return uint32(((v << 24) * prime5bytes) >> shift)
 }
 
 // lz4Compress writes src as one LZ4 block into dst and returns its length,
 // or 0 when the block does not fit in len(dst) bytes. t is scratch space.
 // src must be shorter than 2^32 bytes.
 func lz4Compress(dst, src []byte, t *lz4Table) int {
-	*t = lz4Table{}
+	// Small inputs use (and clear) a part of the table only.
+	hashLog := min(lz4HashLog, max(8, bits.Len(uint(len(src)))-3))
+	clear(t[:1<<hashLog])
+	shift := uint(64 - hashLog)
 	var (
 		ip, anchor, op int
 		end            = len(src)
@@ -56,9 +60,9 @@ func lz4Compress(dst, src []byte, t *lz4Table) int {
 		mflimitPlusOne := end - lz4MFLimit + 1
 		matchLimit := end - lz4LastLiterals
 
-		t[lz4Hash(binary.LittleEndian.Uint64(src[0:]))] = 0
+		t[lz4Hash(binary.LittleEndian.Uint64(src[0:]), shift)] = 0
 		ip = 1
-		forwardH := lz4Hash(binary.LittleEndian.Uint64(src[ip:]))
+		forwardH := lz4Hash(binary.LittleEndian.Uint64(src[ip:]), shift)
 	search:
 		for {
 			// Find a match, stepping faster the longer none is found.
@@ -75,7 +79,7 @@ func lz4Compress(dst, src []byte, t *lz4Table) int {
 					break search
 				}
 				match = int(t[h])
-				forwardH = lz4Hash(binary.LittleEndian.Uint64(src[forwardIP:]))
+				forwardH = lz4Hash(binary.LittleEndian.Uint64(src[forwardIP:]), shift)
 				t[h] = uint32(ip)
 				if match+lz4MaxDistance >= ip && binary.LittleEndian.Uint32(src[match:]) == binary.LittleEndian.Uint32(src[ip:]) {
 					break
@@ -144,8 +148,8 @@ func lz4Compress(dst, src []byte, t *lz4Table) int {
 				if ip >= mflimitPlusOne {
 					break search
 				}
-				t[lz4Hash(binary.LittleEndian.Uint64(src[ip-2:]))] = uint32(ip - 2)
-				h := lz4Hash(binary.LittleEndian.Uint64(src[ip:]))
+				t[lz4Hash(binary.LittleEndian.Uint64(src[ip-2:]), shift)] = uint32(ip - 2)
+				h := lz4Hash(binary.LittleEndian.Uint64(src[ip:]), shift)
 				match = int(t[h])
 				t[h] = uint32(ip)
 				if match+lz4MaxDistance >= ip && binary.LittleEndian.Uint32(src[match:]) == binary.LittleEndian.Uint32(src[ip:]) {
@@ -157,7 +161,7 @@ func lz4Compress(dst, src []byte, t *lz4Table) int {
 				break
 			}
 			ip++
-			forwardH = lz4Hash(binary.LittleEndian.Uint64(src[ip:]))
+			forwardH = lz4Hash(binary.LittleEndian.Uint64(src[ip:]), shift)
 		}
 	}
 	// The rest is literals.
