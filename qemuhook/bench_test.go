@@ -71,6 +71,7 @@ func BenchmarkSwap(b *testing.B) {
 					if err != nil {
 						b.Fatal(err)
 					}
+					b.Cleanup(func() { os.RemoveAll(shm) })
 					cfg := testguest.Config{Dir: dir, Name: "bench", MemMiB: 512, KernelArgs: []string{"stasis.fill=20"}}
 					if mode == ModeRAMFile {
 						cfg.RAMFile = filepath.Join(shm, "guest.ram")
@@ -114,6 +115,7 @@ func BenchmarkSwap(b *testing.B) {
 					if err != nil {
 						b.Fatal(err)
 					}
+					b.Cleanup(func() { os.RemoveAll(local) })
 					b.StartTimer()
 					t0 := time.Now()
 					r, err := Restore(ctx, snap, RestoreOptions{LocalDir: local})
@@ -122,6 +124,7 @@ func BenchmarkSwap(b *testing.B) {
 					if err != nil {
 						b.Fatal(err)
 					}
+					b.Cleanup(r.Kill)
 					g.Console.Done = r.Exited()
 					if _, err := g.Console.WaitTick(ctx, nil); err != nil {
 						b.Fatal(err)
