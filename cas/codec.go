@@ -56,28 +56,45 @@ var lz4Tables = sync.Pool{New: func() any { return new(lz4Table) }}
 // chunk costs a quick scan and one copy. It panics only on programmer
 // error (a chunk larger than MaxChunkSize).
 func Encode(dst, raw []byte) []byte {
-	if len(raw) > MaxChunkSize {
-		panic(fmt.Sprintf("cas.Encode: %d-byte chunk exceeds MaxChunkSize", len(raw)))
+	if out, ok := EncodeLZ4(dst, raw); ok {
+		return out
 	}
 	start := len(dst)
 	dst = grow(dst, 1+len(raw))
-	buf := dst[start:]
+	dst[start] = byte(CodecRaw)
+	copy(dst[start+1:], raw)
+	return dst
+}
+
+// EncodeLZ4 appends the LZ4 encoding of the raw chunk to dst and returns
+// it with true when it is smaller than the raw encoding (1+len(raw) bytes);
+// otherwise it returns dst unchanged and false, and the chunk is to be
+// stored raw: a CodecRaw byte followed by raw, which a caller holding the
+// chunk behind one spare byte can build without a copy. EncodeLZ4 needs at
+// most len(raw) bytes of dst. It panics only on programmer error (a chunk
+// larger than MaxChunkSize).
+func EncodeLZ4(dst, raw []byte) ([]byte, bool) {
+	if len(raw) > MaxChunkSize {
+		panic(fmt.Sprintf("cas.Encode: %d-byte chunk exceeds MaxChunkSize", len(raw)))
+	}
 	var hdr [binary.MaxVarintLen32]byte
 	h := 1 + binary.PutUvarint(hdr[:], uint64(len(raw)))
-	if len(raw) > h {
-		// The block must be smaller than the raw payload with its header.
-		t := lz4Tables.Get().(*lz4Table)
-		n := lz4Compress(buf[h:1+len(raw)-1], raw, t)
-		lz4Tables.Put(t)
-		if n > 0 {
-			buf[0] = byte(CodecLZ4)
-			copy(buf[1:], hdr[:h-1])
-			return dst[:start+h+n]
-		}
+	if len(raw) <= h {
+		return dst, false
 	}
-	buf[0] = byte(CodecRaw)
-	copy(buf[1:], raw)
-	return dst[:start+1+len(raw)]
+	start := len(dst)
+	dst = grow(dst, len(raw))
+	buf := dst[start:]
+	// The block must be smaller than the raw payload with its header.
+	t := lz4Tables.Get().(*lz4Table)
+	n := lz4Compress(buf[h:len(raw)], raw, t)
+	lz4Tables.Put(t)
+	if n == 0 {
+		return dst[:start], false
+	}
+	buf[0] = byte(CodecLZ4)
+	copy(buf[1:], hdr[:h-1])
+	return dst[:start+h+n], true
 }
 
 // EncodedCodec returns the codec of an encoded chunk.

@@ -173,3 +173,37 @@ func FuzzLZ4Compress(f *testing.F) {
 		}
 	})
 }
+
+// TestEncodeLZ4 pins EncodeLZ4's contract: true with an LZ4 encoding
+// smaller than the raw one, or false with dst untouched.
+func TestEncodeLZ4(t *testing.T) {
+	for name, src := range lz4Inputs() {
+		prefix := []byte("pre")
+		out, ok := EncodeLZ4(append(make([]byte, 0, 8), prefix...), src)
+		if !bytes.Equal(out[:len(prefix)], prefix) {
+			t.Fatalf("%s: prefix lost", name)
+		}
+		enc := out[len(prefix):]
+		if !ok {
+			if len(enc) != 0 {
+				t.Fatalf("%s: false with %d bytes appended", name, len(enc))
+			}
+			if c, _ := EncodedCodec(Encode(nil, src)); c != CodecRaw {
+				t.Fatalf("%s: EncodeLZ4 declined but Encode used %v", name, c)
+			}
+			continue
+		}
+		if c, _ := EncodedCodec(enc); c != CodecLZ4 || len(enc) >= 1+len(src) {
+			t.Fatalf("%s: codec %v, %d bytes for %d", name, c, len(enc), len(src))
+		}
+		if got, err := Decode(nil, enc); err != nil || !bytes.Equal(got, src) {
+			t.Fatalf("%s: round trip: %v", name, err)
+		}
+	}
+	if _, ok := EncodeLZ4(nil, randBytes(5, 64<<10)); ok {
+		t.Fatal("random data compressed")
+	}
+	if _, ok := EncodeLZ4(nil, make([]byte, 64<<10)); !ok {
+		t.Fatal("zeros not compressed")
+	}
+}

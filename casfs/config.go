@@ -59,7 +59,7 @@ type Config struct {
 // none for a file (metad applies the inherited user.casfs.chunker xattr and
 // its own default first): fixed 64 KiB chunks, matching metad's default and
 // qcow2's cluster size; see bench/RESULTS.md for the measurement.
-var DefaultPolicy = cas.Fixed(4 << 10)
+var DefaultPolicy = cas.Fixed(64 << 10)
 
 // ErrConfig is wrapped by every configuration validation error.
 var ErrConfig = errors.New("casfs: bad config")

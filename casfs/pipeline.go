@@ -42,12 +42,19 @@ type pipeline struct {
 // job is one chunk in flight, or a reused extent (ready at once).
 type job struct {
 	ext    cas.Extent
-	raw    []byte
-	enc    []byte
+	buf    []byte // pooled: chunkHeadroom bytes, then raw
+	raw    []byte // the chunk's bytes, within buf
+	enc    []byte // encoded: pooled (LZ4), or within buf (raw)
+	encLZ4 bool   // enc is pooled
 	mem    int64
 	ready  chan struct{}
 	queued bool // already in an upload of its batch
 }
+
+// chunkHeadroom is kept in front of a chunk's bytes, so that a chunk
+// stored raw is encoded in place (a codec byte before it, no copy) and the
+// raw bytes stay 64-byte aligned.
+const chunkHeadroom = 64
 
 var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
 
@@ -62,8 +69,17 @@ func (j *job) process() {
 	j.ext.ID = cas.Sum(j.raw)
 }
 
+// encode compresses the chunk, or, when LZ4 does not shrink it, encodes
+// it raw in place.
 func (j *job) encode() {
-	j.enc = cas.Encode(getBuf(len(j.raw) + len(j.raw)/255 + 32)[:0], j.raw)
+	enc, ok := cas.EncodeLZ4(getBuf(len(j.raw))[:0], j.raw)
+	if ok {
+		j.enc, j.encLZ4 = enc, true
+		return
+	}
+	putBuf(enc)
+	j.enc = j.buf[chunkHeadroom-1 : chunkHeadroom+len(j.raw)]
+	j.enc[0] = byte(cas.CodecRaw)
 }
 
 // errStopped is the sticky error of an aborted pipeline.
@@ -113,16 +129,17 @@ func (p *pipeline) add(off uint64, data []byte) error {
 		}
 		return err
 	}
-	raw := getBuf(len(data))
+	buf := getBuf(chunkHeadroom + len(data))
+	raw := buf[chunkHeadroom:]
 	copy(raw, data)
-	j := &job{ext: cas.Extent{Offset: off, Length: uint32(len(data))}, raw: raw, mem: mem, ready: make(chan struct{})}
+	j := &job{ext: cas.Extent{Offset: off, Length: uint32(len(data))}, buf: buf, raw: raw, mem: mem, ready: make(chan struct{})}
 	p.next = off + uint64(len(data))
 	p.fs.stats.written.Add(uint64(len(data)))
 	select {
 	case p.fs.work <- j.process:
 	case <-p.ctx.Done():
 		p.fs.mem.Release(mem)
-		putBuf(raw)
+		putBuf(buf)
 		return p.errOr(p.ctx.Err())
 	}
 	p.order <- j
@@ -217,9 +234,11 @@ func (p *pipeline) collect() {
 func (p *pipeline) release(b []*job) {
 	for _, j := range b {
 		if j.raw != nil {
-			putBuf(j.raw)
-			putBuf(j.enc)
-			j.raw, j.enc = nil, nil
+			if j.encLZ4 {
+				putBuf(j.enc)
+			}
+			putBuf(j.buf)
+			j.buf, j.raw, j.enc = nil, nil, nil
 			p.fs.mem.Release(j.mem)
 		}
 	}
@@ -349,12 +368,16 @@ func (p *pipeline) abort() {
 	_ = p.group.Wait()
 }
 
-// Buffers for chunk bytes, by power-of-two size class up to MaxEncodedSize.
+// Buffers for chunk bytes, by size class: a power of two (4 KiB up to
+// MaxChunkSize) plus bufSlack bytes, so that a chunk with its headroom, or
+// its encoding, fits the class of its raw size.
 var bufPools [24]sync.Pool
+
+const bufSlack = chunkHeadroom
 
 func sizeClass(n int) int {
 	c := 12 // 4 KiB minimum
-	for 1<<c < n {
+	for 1<<c+bufSlack < n {
 		c++
 	}
 	return c
@@ -367,7 +390,7 @@ func getBuf(n int) []byte {
 			return (*b)[:n]
 		}
 	}
-	return make([]byte, n, 1<<c)
+	return make([]byte, n, 1<<c+bufSlack)
 }
 
 func putBuf(b []byte) {
@@ -375,7 +398,7 @@ func putBuf(b []byte) {
 		return
 	}
 	c := sizeClass(cap(b))
-	if c < len(bufPools) && cap(b) == 1<<c {
+	if c < len(bufPools) && cap(b) == 1<<c+bufSlack {
 		b = b[:0]
 		bufPools[c].Put(&b)
 	}
