@@ -230,6 +230,15 @@ func (m *Machine) Destroy(ctx context.Context) error {
 
 // Kill kills QEMU by pid without asking (tests, failed restores).
 func (m *Machine) Kill() {
+	if m.done != nil {
+		select {
+		case <-m.done:
+			return // already reaped: the pid may belong to someone else now
+		default:
+		}
+	} else if !alive(m.pid) {
+		return
+	}
 	syscall.Kill(m.pid, syscall.SIGKILL)
 	m.waitExit(context.Background(), 5*time.Second)
 	m.mu.Lock()
