@@ -178,8 +178,11 @@ func (s *Service) unhold(ids []cas.ChunkID) {
 // Commit implements Content. A chunk the manifest names is accepted if a
 // committed manifest references it, or PrepareUpload pinned it, or its
 // blockd confirms it holds it; otherwise the commit fails with
-// ErrMissingChunk and changes nothing. The manifest swap and every
-// reference count change happen in one transaction.
+// ErrMissingChunk and changes nothing. A small change (the manifest swap and
+// every count change) is one transaction; a larger one is applied in
+// batches through a pending record and swapped in one last transaction, and
+// rolled back if it fails (see batch.go). Either way the file is its old or
+// its new content at every moment, also across a crash.
 func (s *Service) Commit(ctx context.Context, req CommitRequest) (Attr, error) {
 	m := req.Manifest
 	if err := m.Validate(); err != nil {
@@ -223,35 +226,36 @@ func (s *Service) Commit(ctx context.Context, req CommitRequest) (Attr, error) {
 			}
 		}
 	}
+	okf := func(id cas.ChunkID) bool { return ok[id] }
 	s.snapMu.RLock()
 	defer s.snapMu.RUnlock()
-	var a Attr
-	err = s.update(ctx, func(t *tx) error {
-		n, err := t.live(req.Ino)
-		if err != nil {
-			return err
+	if len(ids) <= s.fastCommit {
+		var a Attr
+		err = s.update(ctx, func(t *tx) error {
+			n, err := t.live(req.Ino)
+			if err != nil {
+				return err
+			}
+			if err := checkCommit(req, n); err != nil {
+				return err
+			}
+			if err := t.swapManifest(req.Ino, n, &m, okf); err != nil {
+				return err
+			}
+			if !req.Mtime.IsZero() {
+				n.Mtime = req.Mtime.UnixNano()
+			} else {
+				n.Mtime = t.now
+			}
+			n.Ctime = t.now
+			a = n.attr(req.Ino)
+			return nil
+		})
+		if !errors.Is(err, ErrTxnTooBig) {
+			return a, err
 		}
-		switch {
-		case n.isDir():
-			return fmt.Errorf("%w: inode %d", ErrIsDir, req.Ino)
-		case !n.isReg():
-			return fmt.Errorf("%w: inode %d is not a regular file", ErrInvalid, req.Ino)
-		case req.ExpectGen != 0 && n.Gen != req.ExpectGen:
-			return fmt.Errorf("%w: inode %d is at generation %d, not %d", ErrConflict, req.Ino, n.Gen, req.ExpectGen)
-		}
-		if err := t.swapManifest(req.Ino, n, &m, func(id cas.ChunkID) bool { return ok[id] }); err != nil {
-			return err
-		}
-		if !req.Mtime.IsZero() {
-			n.Mtime = req.Mtime.UnixNano()
-		} else {
-			n.Mtime = t.now
-		}
-		n.Ctime = t.now
-		a = n.attr(req.Ino)
-		return nil
-	})
-	return a, err
+	}
+	return s.commitBatched(ctx, req, &m, okf)
 }
 
 // ReadPlan implements Content. The token grants get on every endpoint.

@@ -24,6 +24,9 @@ type FsckOptions struct {
 // FsckReport is what Fsck found.
 type FsckReport struct {
 	Inodes, Dirents, Manifests, Chunks, DeadChunks, Orphans, Snapshots int
+	// Pending counts commits in progress (or interrupted, rolled back at the
+	// next Open); Releasing counts manifests whose release is queued.
+	Pending, Releasing int
 	// ProblemCount counts every inconsistency; Problems lists the first ones.
 	ProblemCount int
 	Problems     []string
@@ -33,8 +36,8 @@ type FsckReport struct {
 // String renders the report for humans.
 func (r FsckReport) String() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "inodes %d, entries %d, manifests %d, chunks %d (dead %d), orphans %d, snapshots %d: %d problems",
-		r.Inodes, r.Dirents, r.Manifests, r.Chunks, r.DeadChunks, r.Orphans, r.Snapshots, r.ProblemCount)
+	fmt.Fprintf(&b, "inodes %d, entries %d, manifests %d, chunks %d (dead %d), orphans %d, snapshots %d, pending commits %d, queued releases %d: %d problems",
+		r.Inodes, r.Dirents, r.Manifests, r.Chunks, r.DeadChunks, r.Orphans, r.Snapshots, r.Pending, r.Releasing, r.ProblemCount)
 	if r.Repaired > 0 {
 		fmt.Fprintf(&b, ", %d repaired", r.Repaired)
 	}
@@ -78,7 +81,10 @@ type fsckInode struct {
 // tree and of every snapshot and from the manifests, and compares them with
 // the stored counts; it checks that every directory entry names an inode of
 // its tree, link counts, directory parents, file sizes against manifests,
-// the dead set, and the stats counters. A problem is a difference; orphaned
+// the dead set, and the stats counters. A commit in progress counts for the
+// list entries it has applied and a queued release for the entries it has
+// not released yet (see batch.go); their records must be whole. A problem
+// is a difference; orphaned
 // inodes (unlinked while open when metad stopped) are counted but are not
 // problems: the next Open reclaims them.
 func Fsck(ctx context.Context, st Store, opts FsckOptions) (FsckReport, error) {
@@ -237,6 +243,97 @@ func fsckCheck(ctx context.Context, st Store, opts FsckOptions) (*fsckState, err
 		if inodes[Node{Ino: RootIno}] == nil {
 			f.problem("the root directory is missing")
 		}
+		// Commits in progress and queued releases.
+		pending := map[uint64]*pendingRec{}
+		err = t.Iterate([]byte{kPending}, nil, func(k, v []byte) error {
+			mid := getU64(k[1:])
+			f.rep.Pending++
+			p := new(pendingRec)
+			if err := jsonUnmarshal(v, p); err != nil || p.Next < 0 || p.End < p.Next {
+				f.problem("pending commit of manifest %d: bad record %q", mid, v)
+				return nil
+			}
+			pending[mid] = p
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		releasing := map[uint64]*releaseRec{}
+		err = t.Iterate([]byte{kRelease}, nil, func(k, v []byte) error {
+			mid := getU64(k[1:])
+			f.rep.Releasing++
+			r := new(releaseRec)
+			if err := jsonUnmarshal(v, r); err != nil || r.Next < 0 || r.End < r.Next {
+				f.problem("release of manifest %d: bad record %q", mid, v)
+				return nil
+			}
+			if pending[mid] != nil {
+				f.problem("manifest %d is both pending and being released", mid)
+			}
+			releasing[mid] = r
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		err = t.Iterate([]byte{kList}, nil, func(k, v []byte) error {
+			mid := getU64(k[1:])
+			p, r := pending[mid], releasing[mid]
+			if p == nil && (r == nil || !r.List) {
+				f.problem("chunk list %d belongs to no pending commit or release", mid)
+				return nil
+			}
+			l, err := decodeList(v)
+			if err != nil {
+				f.problem("chunk list %d: %v", mid, err)
+				return nil
+			}
+			switch {
+			case p != nil && len(l) != p.End:
+				f.problem("pending commit of manifest %d has %d list entries, record says %d", mid, len(l), p.End)
+			case p != nil:
+				for _, e := range l[:p.Next] {
+					f.chunks[e.ID]++
+					if _, ok := f.chunkSize[e.ID]; !ok {
+						f.chunkSize[e.ID] = e.Size
+					}
+				}
+			case len(l) < r.End:
+				f.problem("release of manifest %d has %d list entries, record says %d", mid, len(l), r.End)
+			default:
+				for _, e := range l[r.Next:r.End] {
+					f.chunks[e.ID]++
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for mid := range pending {
+			if _, err := t.Get(listKey(mid)); errors.Is(err, ErrNoKey) {
+				f.problem("pending commit of manifest %d has no chunk list", mid)
+			}
+			if _, err := t.Get(manifestKey(mid)); errors.Is(err, ErrNoKey) {
+				f.problem("pending commit of manifest %d has no manifest", mid)
+			}
+			if f.mrefs[mid] != 0 {
+				f.problem("manifest %d is pending but named by %d inodes", mid, f.mrefs[mid])
+			}
+		}
+		for mid, r := range releasing {
+			if f.mrefs[mid] != 0 {
+				f.problem("manifest %d is being released but named by %d inodes", mid, f.mrefs[mid])
+			}
+			if r.List {
+				if _, err := t.Get(listKey(mid)); errors.Is(err, ErrNoKey) {
+					f.problem("release of manifest %d has no chunk list", mid)
+				}
+			} else if _, err := t.Get(manifestKey(mid)); errors.Is(err, ErrNoKey) {
+				f.problem("release of manifest %d has no manifest", mid)
+			}
+		}
 		// Manifests and the chunk counts they imply.
 		err = t.Iterate([]byte{kManifest}, nil, func(k, v []byte) error {
 			f.rep.Manifests++
@@ -246,7 +343,8 @@ func fsckCheck(ctx context.Context, st Store, opts FsckOptions) (*fsckState, err
 				f.problem("manifest %d: %v", mid, err)
 				return nil
 			}
-			if f.mrefs[mid] == 0 {
+			r := releasing[mid]
+			if f.mrefs[mid] == 0 && pending[mid] == nil && (r == nil || r.List) {
 				f.problem("manifest %d is stored but no inode names it", mid)
 			}
 			if nd, ok := manifestSize[mid]; ok {
@@ -262,8 +360,17 @@ func fsckCheck(ctx context.Context, st Store, opts FsckOptions) (*fsckState, err
 					}
 				}
 			}
-			for _, id := range m.ChunkIDs() {
-				f.chunks[id]++
+			switch ids := m.ChunkIDs(); {
+			case f.mrefs[mid] != 0:
+				for _, id := range ids {
+					f.chunks[id]++
+				}
+			case r != nil && !r.List && len(ids) < r.End:
+				f.problem("release of manifest %d names %d chunks but the manifest has %d", mid, r.End, len(ids))
+			case r != nil && !r.List:
+				for _, id := range ids[r.Next:r.End] {
+					f.chunks[id]++
+				}
 			}
 			return nil
 		})
@@ -344,7 +451,11 @@ func fsckCheck(ctx context.Context, st Store, opts FsckOptions) (*fsckState, err
 
 func fsckRepair(ctx context.Context, st Store, f *fsckState) (int, error) {
 	repaired := 0
-	n, err := reclaimOrphans(ctx, st, time.Now().UnixNano(), func(t Txn, d statDelta) error { return nil })
+	budget := defaultTxnWrites / 8
+	if l, ok := st.(txnLimiter); ok {
+		budget = l.MaxTxnWrites() / 8
+	}
+	n, err := reclaimOrphans(ctx, st, time.Now().UnixNano(), budget, func(t Txn, d statDelta) error { return nil })
 	if err != nil {
 		return repaired, err
 	}

@@ -41,6 +41,10 @@ func (s *Service) GC(ctx context.Context) (int, error) {
 	if err := s.finishDeletes(ctx); err != nil {
 		return 0, err
 	}
+	// Finish queued releases first, so the dead set is complete.
+	if err := s.releaseAll(ctx); err != nil {
+		return 0, err
+	}
 	deleted := 0
 	var after []byte
 	for {

@@ -17,6 +17,9 @@ import (
 //	'r' mid(8)                  -> manifest reference count(8): inode records (live + snapshots) naming mid
 //	'c' chunk(32)               -> chunk reference count(8) | raw size(4): manifests naming the chunk
 //	'z' chunk(32)               -> dead chunk (count reached 0), not yet deleted from blockd: since unix ns(8)
+//	'p' mid(8)                  -> pending commit of manifest mid (JSON, see pendingRec): its count increments are being applied in batches
+//	'u' mid(8)                  -> release of manifest mid (JSON, see releaseRec): its count decrements are being applied in batches
+//	'l' mid(8)                  -> chunk list of a pending commit or a release: n * (chunk(32) | raw size(4))
 //	'o' ino(8)                  -> orphan: live inode with nlink 0 that was open (reclaimed at start)
 //	'S' snap(8)                 -> snapshot record (JSON, see snapRecord)
 //	'N' dir(8) name             -> snapshot id(8): names of the snapshots of dir
@@ -26,7 +29,10 @@ import (
 //
 // Inode numbers, manifest ids and snapshot ids come from Store.NextID and are
 // never reused. A manifest id is referenced by exactly the inode records that
-// name it; a chunk's count is the number of distinct manifests naming it.
+// name it; a chunk's count is the number of distinct manifests naming it,
+// where a manifest being committed ('p') counts for the list entries applied
+// so far and a manifest being released ('u') for those not yet released (see
+// batch.go).
 const (
 	kInode    = 'i'
 	kDirent   = 'd'
@@ -35,6 +41,9 @@ const (
 	kChunk    = 'c'
 	kDead     = 'z'
 	kOrphan   = 'o'
+	kPending  = 'p'
+	kRelease  = 'u'
+	kList     = 'l'
 	kSnap     = 'S'
 	kSnapName = 'N'
 	kStats    = 't'
@@ -64,6 +73,10 @@ func direntSnapPrefix(snap SnapID) []byte { return u64([]byte{kDirent}, uint64(s
 
 func manifestKey(mid uint64) []byte { return u64([]byte{kManifest}, mid) }
 func mrefKey(mid uint64) []byte     { return u64([]byte{kMRef}, mid) }
+
+func pendingKey(mid uint64) []byte { return u64([]byte{kPending}, mid) }
+func releaseKey(mid uint64) []byte { return u64([]byte{kRelease}, mid) }
+func listKey(mid uint64) []byte    { return u64([]byte{kList}, mid) }
 
 func chunkKey(id cas.ChunkID) []byte { return append([]byte{kChunk}, id[:]...) }
 func deadKey(id cas.ChunkID) []byte  { return append([]byte{kDead}, id[:]...) }

@@ -102,8 +102,9 @@ func (t *tx) refManifest(mid uint64) error {
 	return t.t.Set(mrefKey(mid), u64(nil, getU64(b)+1))
 }
 
-// releaseManifest drops a reference; the last one deletes the manifest and
-// releases its chunks.
+// releaseManifest drops a reference. The last one releases the manifest:
+// its chunks' counts drop inline if they fit the transaction's budget, else
+// a release record queues them for the releaser (see batch.go).
 func (t *tx) releaseManifest(mid uint64) error {
 	if mid == 0 {
 		return nil
@@ -119,13 +120,19 @@ func (t *tx) releaseManifest(mid uint64) error {
 	if err != nil {
 		return err
 	}
-	for _, id := range m.ChunkIDs() {
+	if err := t.t.Delete(mrefKey(mid)); err != nil {
+		return err
+	}
+	ids := m.ChunkIDs()
+	if len(ids) > t.budget {
+		t.released = true
+		return putJSON(t.t, releaseKey(mid), &releaseRec{End: len(ids)})
+	}
+	t.budget -= len(ids)
+	for _, id := range ids {
 		if err := t.decChunk(id); err != nil {
 			return err
 		}
-	}
-	if err := t.t.Delete(mrefKey(mid)); err != nil {
-		return err
 	}
 	return t.t.Delete(manifestKey(mid))
 }
@@ -220,28 +227,24 @@ func (t *tx) moveManifest(ino Ino, n *inode, m *cas.Manifest, ok func(cas.ChunkI
 			}
 		}
 	}
+	var leaving []cas.ChunkID
 	for _, id := range oldIDs {
 		if !has[id] {
-			if err := t.decChunk(id); err != nil {
-				return err
-			}
+			leaving = append(leaving, id)
 		}
+	}
+	if err := t.releaseList(n.MID, leaving); err != nil {
+		return err
 	}
 	mid, err := t.s.st.NextID("mid")
 	if err != nil {
 		return err
 	}
-	for _, op := range []struct {
-		k, v []byte
-	}{{manifestKey(n.MID), nil}, {mrefKey(n.MID), nil}, {manifestKey(mid), enc}, {mrefKey(mid), u64(nil, 1)}} {
-		if op.v == nil {
-			err = t.t.Delete(op.k)
-		} else {
-			err = t.t.Set(op.k, op.v)
-		}
-		if err != nil {
-			return err
-		}
+	if err := t.t.Set(manifestKey(mid), enc); err != nil {
+		return err
+	}
+	if err := t.t.Set(mrefKey(mid), u64(nil, 1)); err != nil {
+		return err
 	}
 	n.MID = 0 // released above; setContent must not release it again
 	return t.setContent(ino, n, mid, m)
@@ -263,7 +266,7 @@ func (t *tx) dropInode(ino Ino, n *inode) error {
 }
 
 // reclaimOrphans drops every orphan-marked inode whose link count is zero.
-func reclaimOrphans(ctx context.Context, st Store, now int64, writeDelta func(Txn, statDelta) error) (int, error) {
+func reclaimOrphans(ctx context.Context, st Store, now int64, budget int, writeDelta func(Txn, statDelta) error) (int, error) {
 	var inos []Ino
 	err := st.View(ctx, func(t Txn) error {
 		return t.Iterate([]byte{kOrphan}, nil, func(k, _ []byte) error {
@@ -279,7 +282,7 @@ func reclaimOrphans(ctx context.Context, st Store, now int64, writeDelta func(Tx
 		dropped := false
 		err := st.Update(ctx, func(txn Txn) error {
 			dropped = false
-			t := &tx{t: txn, now: now, inodes: map[Ino]*txInode{}}
+			t := &tx{t: txn, now: now, inodes: map[Ino]*txInode{}, budget: budget}
 			nd, err := t.live(ino)
 			if errors.Is(err, ErrNotFound) {
 				return txn.Delete(orphanKey(ino))

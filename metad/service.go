@@ -120,6 +120,16 @@ type Service struct {
 	deltaSeq atomic.Uint64
 	deltas   atomic.Int64 // delta keys written since the last compaction (approximate)
 
+	// Batch sizes derived from the store's transaction limit (setTxnLimit).
+	batch, inline, fastCommit int
+	// batchHook, when set (tests), runs before each batch transaction of a
+	// batched commit; an error fails the commit.
+	batchHook func(mid uint64, next int) error
+
+	relMu   sync.Mutex    // one releaser at a time
+	relKick chan struct{} // wakes the releaser
+	relDone chan struct{}
+
 	gcMu     sync.Mutex // one GC pass at a time
 	stop     chan struct{}
 	done     chan struct{}
@@ -167,11 +177,19 @@ func Open(cfg Config) (*Service, error) {
 		}
 		s.st = st
 	}
+	limit := defaultTxnWrites
+	if l, ok := s.st.(txnLimiter); ok {
+		limit = l.MaxTxnWrites()
+	}
+	s.setTxnLimit(limit)
+	s.relKick, s.relDone = make(chan struct{}, 1), make(chan struct{})
 	if err := s.recover(context.Background()); err != nil {
 		s.st.Close()
 		return nil, err
 	}
 	s.stop, s.done = make(chan struct{}), make(chan struct{})
+	go s.releaseLoop()
+	s.kickReleaser() // releases queued before a restart
 	if cfg.GCInterval > 0 {
 		go s.gcLoop()
 	} else {
@@ -186,6 +204,7 @@ func (s *Service) Close() error {
 	s.closeOne.Do(func() {
 		close(s.stop)
 		<-s.done
+		<-s.relDone
 		err = s.st.Close()
 	})
 	return err
@@ -250,8 +269,12 @@ func (s *Service) recover(ctx context.Context) error {
 			return err
 		}
 	}
+	// Commits a crash interrupted are rolled back.
+	if err := s.recoverPending(ctx); err != nil {
+		return err
+	}
 	// Orphans: nobody can hold them open across a restart.
-	n, err := reclaimOrphans(ctx, s.st, s.now().UnixNano(), s.writeDelta)
+	n, err := reclaimOrphans(ctx, s.st, s.now().UnixNano(), s.inline, s.writeDelta)
 	if err != nil {
 		return err
 	}
@@ -270,6 +293,11 @@ type tx struct {
 	inodes map[Ino]*txInode
 	snaps  map[SnapID]bool
 	delta  statDelta
+	// budget is the number of chunk counts the transaction may still drop
+	// inline when it releases manifests; larger releases are queued.
+	budget int
+	// released is set when the transaction queued a release.
+	released bool
 }
 
 type txInode struct {
@@ -279,8 +307,10 @@ type txInode struct {
 
 // update runs fn in a Service transaction.
 func (s *Service) update(ctx context.Context, fn func(*tx) error) error {
+	released := false
 	err := s.st.Update(ctx, func(txn Txn) error {
-		t := &tx{s: s, t: txn, now: s.now().UnixNano(), inodes: map[Ino]*txInode{}}
+		t := &tx{s: s, t: txn, now: s.now().UnixNano(), inodes: map[Ino]*txInode{}, budget: s.inline}
+		defer func() { released = t.released }()
 		if err := fn(t); err != nil {
 			return err
 		}
@@ -291,6 +321,9 @@ func (s *Service) update(ctx context.Context, fn func(*tx) error) error {
 	})
 	if errors.Is(err, ErrTxnTooBig) {
 		return fmt.Errorf("%w: change too large for one transaction: %w", ErrNoSpace, err)
+	}
+	if err == nil && released && s.relKick != nil {
+		s.kickReleaser()
 	}
 	return err
 }

@@ -1,0 +1,5 @@
+//go:build race
+
+package metad
+
+const raceEnabled = true
