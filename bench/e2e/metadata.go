@@ -19,16 +19,18 @@ type metaTarget struct {
 }
 
 // runMetadata measures create/stat/readdir/unlink rates and `tar x` of a
-// source tree (Go's own, from GOROOT) through casfs, on tmpfs and on local disk.
+// source tree (Go's crypto packages, from GOROOT: ~1,200 files, 16 MB)
+// through casfs, on tmpfs and on local disk.
 func runMetadata(ctx context.Context, log *slog.Logger, o options, r *report) error {
 	const files = 5000
 	tarball := filepath.Join(o.work, "src.tar")
 	goroot := runtime.GOROOT()
-	if _, _, _, err := run(ctx, goroot, nil, "tar", "cf", tarball, "src"); err != nil {
+	const tree = "src/crypto"
+	if _, _, _, err := run(ctx, goroot, nil, "tar", "cf", tarball, tree); err != nil {
 		return err
 	}
 	nfiles := 0
-	filepath.WalkDir(filepath.Join(goroot, "src"), func(p string, d os.DirEntry, err error) error {
+	filepath.WalkDir(filepath.Join(goroot, tree), func(p string, d os.DirEntry, err error) error {
 		if err == nil && !d.IsDir() {
 			nfiles++
 		}
@@ -130,7 +132,7 @@ func runMetadata(ctx context.Context, log *slog.Logger, o options, r *report) er
 		}
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "%d empty files per phase; readdir counts entries returned per second; `tar x` unpacks Go's `src` tree (%d files) and syncs.\n\n", files, nfiles)
+	fmt.Fprintf(&b, "%d empty files per phase; readdir counts entries returned per second; `tar x` unpacks Go's `src/crypto` tree (%d files) and syncs. casfs makes every namespace change durable before it returns and every file durable at close (a metad transaction with fsync each, plus a blockd sync per file with data); tmpfs and local disk sync nothing until the final `sync -f`.\n\n", files, nfiles)
 	b.WriteString("| target | create/s | stat/s | readdir entries/s | unlink/s | tar x s (min–max) |\n|---|---|---|---|---|---|\n")
 	for _, n := range order {
 		rs := results[n]

@@ -42,7 +42,8 @@ func (t *stasisTool) Init(ctx context.Context, dir string) error {
 
 func (t *stasisTool) mount(ctx context.Context) error {
 	t.cmd = exec.Command(t.bin, "mount", "--data", t.dir, t.mnt)
-	log, err := os.Create(filepath.Join(filepath.Dir(t.dir), "casfs.log"))
+	// The log lives beside the repository, not in it, so it survives cleanup.
+	log, err := os.OpenFile(filepath.Dir(t.dir)+".casfs.log", os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
 	if err != nil {
 		return err
 	}
@@ -59,7 +60,7 @@ func (t *stasisTool) mount(ctx context.Context) error {
 	}
 	t.cmd.Process.Kill()
 	t.cmd.Wait()
-	return fmt.Errorf("casfs did not mount %s within 30s (see casfs.log)", t.mnt)
+	return fmt.Errorf("casfs did not mount %s within 30s (see %s.casfs.log)", t.mnt, filepath.Dir(t.dir))
 }
 
 func isMountPoint(p string) bool {
@@ -203,28 +204,28 @@ func (t *stasisTool) Remount(ctx context.Context) error {
 
 func (t *stasisTool) Stored() int64 { return diskUsage(t.dir) }
 
-// Transferred is the bytes casfs uploaded to blockd since mount.
+// Transferred is the bytes casfs uploaded to blockd since mount (encoded,
+// as they crossed the wire), from `casfs stats`.
 func (t *stasisTool) Transferred() int64 {
 	st, err := t.stats()
 	if err != nil {
 		return -1
 	}
-	for k, v := range st {
-		if strings.Contains(k, "uploaded") {
-			if f, ok := v.(float64); ok {
-				return int64(f)
-			}
-		}
-	}
-	return -1
+	return int64(st.Mount.BytesUploaded)
 }
 
-func (t *stasisTool) stats() (map[string]any, error) {
+type casfsStats struct {
+	Mount struct {
+		BytesUploaded float64 `json:"bytes_uploaded"`
+	} `json:"mount"`
+}
+
+func (t *stasisTool) stats() (casfsStats, error) {
+	var st casfsStats
 	out, err := exec.Command(t.bin, "stats", t.mnt).Output()
 	if err != nil {
-		return nil, err
+		return st, fmt.Errorf("casfs stats: %w", err)
 	}
-	var st map[string]any
 	return st, json.Unmarshal(out, &st)
 }
 
