@@ -164,9 +164,11 @@ func (s *Service) collect(ctx context.Context, dead []cas.ChunkID) (int, error) 
 		}
 		done = append(done, g...)
 	}
-	if len(done) > 0 {
+	for rest := done; len(rest) > 0; {
+		part := rest[:min(len(rest), s.batch)]
+		rest = rest[len(part):]
 		err := s.st.Update(ctx, func(t Txn) error {
-			for _, id := range done {
+			for _, id := range part {
 				if err := t.Delete(deadKey(id)); err != nil {
 					return err
 				}
@@ -175,6 +177,7 @@ func (s *Service) collect(ctx context.Context, dead []cas.ChunkID) (int, error) 
 		})
 		if err != nil {
 			errs = append(errs, err)
+			break
 		}
 	}
 	if len(done) > 0 {
