@@ -129,6 +129,20 @@ func procStatus(pid int, field string) int64 {
 	return 0
 }
 
+// procCPU returns the user + system CPU time pid has used (includes the
+// embedded stores; excludes the kernel's share of FUSE in the writer).
+func procCPU(pid int) time.Duration {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	// Fields after the command name, which ends with the last ')'.
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * time.Second / 100 // USER_HZ
+}
+
 func peakRSS(pid int) int64 { return procStatus(pid, "VmHWM") }
 
 // sampleAnon records the peak anonymous RSS of pid (heap and stacks, not
@@ -188,8 +202,11 @@ func BenchmarkSeqIO(b *testing.B) {
 
 				cmd := startMount(b, bin, data, mnt)
 				stop := sampleAnon(cmd.Process.Pid)
+				c0 := procCPU(cmd.Process.Pid)
 				cw := writeFile(b, filepath.Join(mnt, "one"), kind, mib)
+				c1 := procCPU(cmd.Process.Pid)
 				cw2 := writeFile(b, filepath.Join(mnt, "two"), kind, mib)
+				c2 := procCPU(cmd.Process.Pid)
 				anon := stop()
 				rss := peakRSS(cmd.Process.Pid)
 				stopMount(b, cmd, mnt)
@@ -208,6 +225,9 @@ func BenchmarkSeqIO(b *testing.B) {
 				b.ReportMetric(lr.Seconds()/cr.Seconds(), "coldread-x-local")
 				b.ReportMetric(float64(rss)/(1<<20), "casfs-rss-MiB")
 				b.ReportMetric(float64(anon)/(1<<20), "casfs-anon-MiB")
+				gib := float64(mib) / 1024
+				b.ReportMetric((c1-c0).Seconds()/gib, "casfs-write-CPU-s/GiB")
+				b.ReportMetric((c2-c1).Seconds()/gib, "casfs-rewrite-CPU-s/GiB")
 			}
 		})
 	}
