@@ -18,7 +18,11 @@
 //
 // Every namespace or content mutation is one store transaction, retried on
 // conflict: the manifest swap, every chunk and manifest reference count
-// change and the stats counters commit together or not at all. A process
+// change and the stats counters commit together or not at all. Changes too
+// large for one transaction (commits and releases of large manifests) go
+// through durable pending and release records applied in batches, each
+// batch advancing its record in the same transaction (batch.go); a failed
+// or interrupted commit is rolled back, a release is finished. A process
 // killed at any point restarts into a consistent store.
 //
 // # Content and garbage collection
