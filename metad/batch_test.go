@@ -433,3 +433,87 @@ func sizedManifest(ids []cas.ChunkID, size int) cas.Manifest {
 	}
 	return m
 }
+
+// TestFsckQueueRecords leaves a commit pending (the store fails mid-commit
+// and stays failed), checks fsck accepts it, then damages the pending and
+// release records in turn: fsck reports each, and Open refuses a corrupt
+// pending record with an error instead of guessing.
+func TestFsckQueueRecords(t *testing.T) {
+	ctx := context.Background()
+	fs := &faultStore{Store: NewMemStore()}
+	e := &env{clock: newClock(), kr: testKeyring(t), blocks: []*memBlocks{newMemBlocks()}}
+	s, err := Open(Config{Store: fs, Keyring: e.kr, Now: e.clock.Now, Logger: testLogger(t), Blocks: []BlockBackend{{Endpoint: Endpoint{Name: "b0"}, Store: e.blocks[0]}}})
+	must(t, err)
+	e.s = s
+	t.Cleanup(func() { s.Close() })
+	s.setTxnLimit(64)
+	ids := synthIDs(e.blocks[0], 0, 100)
+	f := e.mkfile(t, RootIno, "f")
+	var mid uint64
+	s.batchHook = func(m uint64, next int) error {
+		if next >= 42 {
+			mid = m
+			fs.arm(1)
+			fs.sticky.Store(true) // the abort fails too: the record stays
+		}
+		return nil
+	}
+	_, err = s.Commit(ctx, CommitRequest{Ino: f.Ino, Manifest: manifestOf(ids...)})
+	wantErr(t, err, errInjected)
+	fs.sticky.Store(false)
+	fs.arm(0)
+	s.batchHook = nil
+	rep, err := Fsck(ctx, fs, FsckOptions{})
+	must(t, err)
+	if rep.Pending != 1 || rep.ProblemCount != 0 {
+		t.Fatalf("fsck with a pending commit:\n%s", rep)
+	}
+	damage := func(k []byte, v []byte) (restore func()) {
+		var old []byte
+		must(t, fs.View(ctx, func(tx Txn) error {
+			b, err := tx.Get(k)
+			old = slices.Clone(b)
+			return err
+		}))
+		must(t, fs.Update(ctx, func(tx Txn) error { return tx.Set(k, v) }))
+		return func() { must(t, fs.Update(ctx, func(tx Txn) error { return tx.Set(k, old) })) }
+	}
+	for _, d := range []struct {
+		name string
+		k, v []byte
+	}{
+		{"pending not json", pendingKey(mid), []byte("{")},
+		{"pending past its list", pendingKey(mid), []byte(`{"ino":2,"next":90,"end":90}`)},
+		{"list truncated", listKey(mid), make([]byte, 35)},
+	} {
+		restore := damage(d.k, d.v)
+		rep, err := Fsck(ctx, fs, FsckOptions{})
+		must(t, err)
+		if rep.ProblemCount == 0 {
+			t.Fatalf("%s: fsck found nothing", d.name)
+		}
+		restore()
+	}
+	restore := damage(pendingKey(mid), []byte("{"))
+	if err := s.recoverPending(ctx); err == nil {
+		t.Fatal("recovery accepted a corrupt pending record")
+	}
+	restore()
+	// Recovery turns the pending commit into a release; damage that too.
+	must(t, s.recoverPending(ctx))
+	restore = damage(releaseKey(mid), []byte(`{"list":true,"next":0,"end":1000}`))
+	rep, err = Fsck(ctx, fs, FsckOptions{})
+	must(t, err)
+	if rep.ProblemCount == 0 {
+		t.Fatal("fsck missed a release longer than its list")
+	}
+	if err := s.releaseAll(ctx); err == nil {
+		t.Fatal("releaser accepted a release longer than its list")
+	}
+	restore()
+	must(t, s.releaseAll(ctx))
+	e.fsckClean(t)
+	if d, _ := s.DeadChunks(ctx); d != 42 {
+		t.Fatalf("%d dead chunks after rolling back 42 counted ones", d)
+	}
+}
