@@ -364,9 +364,20 @@ func TestBatchedCommitHoldsAgainstGC(t *testing.T) {
 // the new manifest goes up, every one of the old goes down. Embedded
 // options (128 MiB memtable, sync writes).
 func BenchmarkCommitBig(b *testing.B) {
-	for _, size := range []int{4 << 10, 64 << 10} {
-		b.Run(fmt.Sprintf("%dKiB", size>>10), func(b *testing.B) {
+	for _, c := range []struct {
+		size   int
+		forced bool // the batched path even where one transaction would do
+	}{{4 << 10, false}, {64 << 10, false}, {64 << 10, true}} {
+		size := c.size
+		name := fmt.Sprintf("%dKiB", size>>10)
+		if c.forced {
+			name += "-batched"
+		}
+		b.Run(name, func(b *testing.B) {
 			e := benchBig(b)
+			if c.forced {
+				e.s.fastCommit, e.s.inline = 0, 0
+			}
 			ctx := context.Background()
 			n := (1 << 30) / size
 			f := e.mkfile(b, RootIno, "big")
