@@ -396,6 +396,12 @@ func (p *putSession) write(ctx context.Context, chunks []Chunk) error {
 	return nil
 }
 
+// writeback starts a sync of what is written so far in the background, if
+// none is running, and returns at once: called between the batches of a
+// long put, it lets the disk work while the next batch arrives, so that the
+// sync commit waits for has less left to write.
+func (p *putSession) writeback() { p.s.gs.Kick() }
+
 func (p *putSession) commit() error {
 	if err := p.s.gs.Sync(); err != nil {
 		return p.s.wrapErr("sync", err)

@@ -43,6 +43,22 @@ func (g *groupSync) Sync() error {
 	return r.err
 }
 
+// Kick starts a sync in the background if none is running, and returns at
+// once. Writers kick after each part of a longer write so that most of it
+// is already on its way to disk when they finally call Sync.
+func (g *groupSync) Kick() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.running {
+		return
+	}
+	if g.pending == nil {
+		g.pending = &syncRound{done: make(chan struct{})}
+	}
+	g.running = true
+	go g.run()
+}
+
 func (g *groupSync) run() {
 	for {
 		g.mu.Lock()

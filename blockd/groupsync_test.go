@@ -61,3 +61,48 @@ func TestGroupSyncError(t *testing.T) {
 		t.Fatalf("Sync after recovery = %v", err)
 	}
 }
+
+// TestGroupSyncKick: Kick starts a sync without waiting for it, a Kick
+// while one runs adds none, and a Sync that arrives while a kicked sync
+// runs still waits for a sync that starts after it.
+func TestGroupSyncKick(t *testing.T) {
+	release := make(chan struct{}, 10)
+	var started, finished atomic.Int64
+	g := newGroupSync(func() error {
+		started.Add(1)
+		<-release
+		finished.Add(1)
+		return nil
+	})
+	g.Kick() // must not block although the sync does
+	deadline := time.Now().Add(10 * time.Second)
+	for started.Load() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("Kick started no sync")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	g.Kick()
+	g.Kick()
+	done := make(chan error, 1)
+	go func() { done <- g.Sync() }()
+	time.Sleep(20 * time.Millisecond)
+	release <- struct{}{} // the kicked sync ends
+	select {
+	case <-done:
+		t.Fatal("Sync returned with the sync that started before it")
+	case <-time.After(50 * time.Millisecond):
+	}
+	release <- struct{}{} // the Sync's own round ends
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Sync did not return")
+	}
+	if n := g.Count(); n != 2 {
+		t.Fatalf("three kicks and a sync ran %d syncs, want 2", n)
+	}
+}

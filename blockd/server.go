@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -28,7 +29,7 @@ type ServerConfig struct {
 	Now     func() time.Time
 	// BatchBytes bounds the encoded bytes of one streamed put batch that is
 	// verified and then stored (default 1 MiB). A put request
-	// holds at most four buffers of BatchBytes + cas.MaxEncodedSize.
+	// holds at most six buffers of BatchBytes + cas.MaxEncodedSize.
 	BatchBytes int
 }
 
@@ -73,9 +74,9 @@ func (c *ServerConfig) Validate() error {
 //	GET  /v1/list        delete  listing of every chunk, in ID order
 //	GET  /healthz, GET /metrics  no token
 //
-// Put is streamed: frames are read, decoded and re-hashed one by one, and
-// stored in bounded batches (BatchBytes) while the next batch is read; the
-// body is never buffered whole. The response comes only once everything
+// Put is streamed: frames are read in bounded batches (BatchBytes); one
+// batch is stored while the next is decoded and re-hashed and the one
+// after that is read; the body is never buffered whole. The response comes only once everything
 // stored is durable (a badger store syncs once per request; other stores
 // once per batch). The rule
 // for a refused put: the chunks before the first bad frame are stored (the
@@ -380,11 +381,19 @@ func (s *Server) handleList(w http.ResponseWriter, r *http.Request, _ cas.Claims
 	panic(http.ErrAbortHandler)
 }
 
-// handlePut reads frames, verifies each, and stores them in batches of up
-// to BatchBytes. One batch is stored (in a second goroutine) while the next
-// is read and verified. Frame data is read into pooled arenas, one per
-// batch, returned to the pool once the batch's Put has returned (a store
-// keeps no reference to Data after Put).
+// handlePut runs a put as three stages on their own goroutines, so that
+// one request uses more than one core: the handler reads frames into
+// pooled arenas (one per batch of up to BatchBytes), a verifier decodes and
+// re-hashes each batch's chunks, and a store writer writes verified
+// batches. A batch moves on once the stage before is done with it; each
+// channel holds one, so a request holds at most six arenas. The first bad
+// chunk ends verification: the chunks before it go on to the store, the
+// rest are not stored, and the reader stops. A store failure stops the
+// reader too. With a put session (badger) the writer starts a background
+// sync after each batch while more are coming (early writeback) and syncs
+// once at the end before acknowledging. Arenas go back to the pool once a
+// batch is stored or dropped (a store keeps no reference to Data after
+// Put).
 func (s *Server) handlePut(w http.ResponseWriter, r *http.Request, c cas.Claims) {
 	// Answer a refusal while the client may still be sending, without
 	// the connection being reset under the response.
@@ -396,11 +405,42 @@ func (s *Server) handlePut(w http.ResponseWriter, r *http.Request, c cas.Claims)
 		chunks []Chunk
 		arena  *[]byte
 	}
-	batches := make(chan batch, 1)
+	toVerify := make(chan batch, 1)
+	toStore := make(chan batch, 1)
 	storeDone := make(chan struct{})
-	storeFailed := make(chan struct{})
-	var stored int // chunks acknowledged; read after storeDone
-	var storeErr error
+	// stop is closed when verification or the store fails: reading on
+	// would be wasted.
+	stop := make(chan struct{})
+	var stopOnce sync.Once
+	halt := func() { stopOnce.Do(func() { close(stop) }) }
+	var readDone atomic.Bool // no batch after the one being stored
+	var stored int           // chunks acknowledged; read after storeDone
+	var storeErr, verifyErr error
+
+	go func() {
+		defer close(toStore)
+		scratch := s.getArena() // decode buffer
+		defer s.arenas.Put(scratch)
+		for b := range toVerify {
+			if verifyErr == nil {
+				for i, ch := range b.chunks {
+					var err error
+					if *scratch, err = CheckChunk((*scratch)[:0], ch); err != nil {
+						verifyErr = err
+						b.chunks = b.chunks[:i] // the valid prefix is stored
+						halt()
+						break
+					}
+				}
+				if len(b.chunks) > 0 {
+					toStore <- b
+					continue
+				}
+			}
+			s.arenas.Put(b.arena)
+		}
+	}()
+
 	go func() {
 		defer close(storeDone)
 		// With a put session (badger), batches are written as they come
@@ -408,11 +448,11 @@ func (s *Server) handlePut(w http.ResponseWriter, r *http.Request, c cas.Claims)
 		var sess *putSession
 		if ss, ok := s.store.(sessionStore); ok {
 			if sess, storeErr = ss.beginPut(); storeErr != nil {
-				close(storeFailed)
+				halt()
 			}
 		}
 		written, writtenBytes := 0, 0
-		for b := range batches {
+		for b := range toStore {
 			if storeErr == nil {
 				var err error
 				if sess != nil {
@@ -422,11 +462,14 @@ func (s *Server) handlePut(w http.ResponseWriter, r *http.Request, c cas.Claims)
 				}
 				if err != nil {
 					storeErr = err
-					close(storeFailed)
+					halt()
 				} else {
 					written += len(b.chunks)
 					for _, c := range b.chunks {
 						writtenBytes += len(c.Data)
+					}
+					if sess != nil && !readDone.Load() {
+						sess.writeback()
 					}
 				}
 			}
@@ -451,17 +494,15 @@ func (s *Server) handlePut(w http.ResponseWriter, r *http.Request, c cas.Claims)
 	cur := batch{arena: s.getArena()}
 	flush := func() {
 		if len(cur.chunks) > 0 {
-			batches <- cur
+			toVerify <- cur
 			cur = batch{arena: s.getArena()}
 		}
 	}
-	buf := s.getArena() // decode scratch
-	defer s.arenas.Put(buf)
-	var reqErr error
-	for reqErr == nil {
+	var readErr error
+	for readErr == nil {
 		select {
-		case <-storeFailed:
-			reqErr = errStop
+		case <-stop:
+			readErr = errStop
 			continue
 		default:
 		}
@@ -470,7 +511,7 @@ func (s *Server) handlePut(w http.ResponseWriter, r *http.Request, c cas.Claims)
 			break
 		}
 		if err != nil {
-			reqErr = err
+			readErr = err
 			break
 		}
 		a := *cur.arena
@@ -480,11 +521,7 @@ func (s *Server) handlePut(w http.ResponseWriter, r *http.Request, c cas.Claims)
 		}
 		ch := Chunk{ID: id, Data: a[len(a) : len(a)+n]}
 		if err := fr.body(id, ch.Data); err != nil {
-			reqErr = err
-			break
-		}
-		if *buf, err = CheckChunk((*buf)[:0], ch); err != nil {
-			reqErr = err
+			readErr = err
 			break
 		}
 		*cur.arena = a[:len(a)+n]
@@ -493,26 +530,33 @@ func (s *Server) handlePut(w http.ResponseWriter, r *http.Request, c cas.Claims)
 			flush()
 		}
 	}
-	// The prefix before a bad frame is valid: store it too.
+	// The frames before a bad one are whole: verify and store them too.
+	readDone.Store(true)
 	flush()
 	s.arenas.Put(cur.arena)
-	close(batches)
+	close(toVerify)
 	<-storeDone
+	// The earliest failure is reported: a store error (it stops
+	// everything), else a chunk that did not verify (it precedes any
+	// frame the reader had trouble with), else the reader's.
+	reqErr := readErr
 	switch {
-	case storeErr != nil || reqErr != nil:
-		if storeErr != nil {
-			reqErr = storeErr
-		}
+	case storeErr != nil:
+		reqErr = storeErr
+	case verifyErr != nil:
+		reqErr = verifyErr
+	}
+	if reqErr != nil {
 		s.fail(w, r, reqErr, &stored)
 		// Send the refusal now, then read on (up to a bound) while the
 		// client, still sending, notices it and stops: it reads the
 		// refusal instead of a reset connection.
 		rc.Flush()
 		io.Copy(io.Discard, io.LimitReader(r.Body, 64<<20))
-	default:
-		s.log.Debug("put", "chunks", stored, "subject", c.Subject)
-		writeJSON(w, http.StatusOK, errorResponse{Stored: &stored})
+		return
 	}
+	s.log.Debug("put", "chunks", stored, "subject", c.Subject)
+	writeJSON(w, http.StatusOK, errorResponse{Stored: &stored})
 }
 
 // errStop ends reading a put whose store has failed; the store's error is
