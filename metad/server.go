@@ -24,9 +24,12 @@ import (
 // /healthz and /metrics needs a bearer token with cas.OpAdmin for it.
 const AuthScope = "metad"
 
-// MaxRequestBody bounds a request body (a 6 GiB file's manifest at 64 KiB
-// chunks is about 12 MiB of JSON).
-const MaxRequestBody = 64 << 20
+// MaxRequestBody bounds a request body. A commit's manifest costs about
+// 110 bytes of JSON per extent: 256 MiB carries ~2.4M extents (9 GiB of
+// non-zero data at 4 KiB chunks, 150 GiB at 64 KiB). metad itself commits
+// manifests of any size (in batches); this is the daemon's bound on one
+// request's memory.
+const MaxRequestBody = 256 << 20
 
 // ServerConfig configures the HTTP adapter.
 type ServerConfig struct {
