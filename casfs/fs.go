@@ -27,6 +27,7 @@ type FS struct {
 	cache    *chunkCache
 	disk     *diskCache          // nil without DiskCacheDir
 	mem      *semaphore.Weighted // in-flight pipeline bytes
+	starving signal              // a writer waits for mem
 	work     chan func()         // CPU work: zero-detect, hash, compress
 	workers  sync.WaitGroup
 	prefetch *semaphore.Weighted // concurrent read-ahead fetches

@@ -33,10 +33,11 @@ type pipeline struct {
 	done   chan struct{} // closed when the collector has finished
 	group  *errgroup.Group
 
-	next    uint64 // offset the next add/reuse must start at (writer side)
-	results [][]cas.Extent
-	resMu   sync.Mutex
-	err     atomic.Pointer[error]
+	next      uint64 // offset the next add/reuse must start at (writer side)
+	results   [][]cas.Extent
+	resMu     sync.Mutex
+	err       atomic.Pointer[error]
+	uploading atomic.Int32 // batches handed to uploaders and not yet released
 }
 
 // job is one chunk in flight, or a reused extent (ready at once).
@@ -123,11 +124,15 @@ func (p *pipeline) add(off uint64, data []byte) error {
 		return fmt.Errorf("casfs: pipeline got offset %d, want %d", off, p.next)
 	}
 	mem := int64(2*len(data) + 64)
-	if err := p.fs.mem.Acquire(p.ctx, mem); err != nil {
-		if e := p.error(); e != nil {
-			return e
+	if !p.fs.mem.TryAcquire(mem) {
+		// Tell collectors holding partial batches that a writer waits.
+		p.fs.starving.signal()
+		if err := p.fs.mem.Acquire(p.ctx, mem); err != nil {
+			if e := p.error(); e != nil {
+				return e
+			}
+			return err
 		}
-		return err
 	}
 	buf := getBuf(chunkHeadroom + len(data))
 	raw := buf[chunkHeadroom:]
@@ -166,14 +171,23 @@ func (p *pipeline) reuse(e cas.Extent) error {
 	return nil
 }
 
+// collectIdle is how long a partial batch waits for more chunks before it
+// is uploaded anyway.
+const collectIdle = 100 * time.Millisecond
+
 // collect drains jobs in order into batches and hands them to uploaders.
-// A batch goes out when full, or when no job arrived for a moment (so a
-// writer blocked on memory is never waiting for a half-full batch).
+// A batch goes out when full, when no job arrived for collectIdle, or at
+// once when a writer (of any file) waits for pipeline memory and none of
+// this pipeline's batches is uploading (then only flushing can free
+// memory). A writer that is merely slower than the workers, or waits for
+// them, does not cut batches short: each batch costs a PrepareUpload and
+// a block store fsync, so small ones are expensive.
 func (p *pipeline) collect() {
 	defer close(p.done)
 	var (
 		batch []*job
 		bytes int64
+		seen  uint64 // starvation generation already acted on
 	)
 	idle := time.NewTimer(time.Hour)
 	defer idle.Stop()
@@ -191,7 +205,9 @@ func (p *pipeline) collect() {
 			p.release(b)
 			return
 		}
+		p.uploading.Add(1)
 		p.group.Go(func() error {
+			defer p.uploading.Add(-1)
 			ext, err := p.upload(b)
 			p.release(b)
 			if err != nil {
@@ -208,15 +224,26 @@ func (p *pipeline) collect() {
 		var j *job
 		var ok bool
 		if len(batch) > 0 {
-			idle.Reset(2 * time.Millisecond)
+			starved, gen := p.fs.starving.wait()
+			if gen != seen {
+				seen = gen
+				if p.uploading.Load() == 0 {
+					flush()
+					continue
+				}
+			}
+			idle.Reset(collectIdle)
 			select {
 			case j, ok = <-p.order:
+			case <-starved:
+				continue
 			case <-idle.C:
 				flush()
 				continue
 			}
 		} else {
 			j, ok = <-p.order
+			_, seen = p.fs.starving.wait() // older waits were for other batches
 		}
 		if !ok {
 			break
@@ -366,6 +393,35 @@ func (p *pipeline) abort() {
 	close(p.order)
 	<-p.done
 	_ = p.group.Wait()
+}
+
+// signal is a broadcast of "a writer waits for pipeline memory" with a
+// generation count, so that a collector that looks at it late still sees
+// that it happened.
+type signal struct {
+	mu  sync.Mutex
+	ch  chan struct{}
+	gen uint64
+}
+
+// wait returns a channel closed at the next signal and the current generation.
+func (s *signal) wait() (<-chan struct{}, uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ch == nil {
+		s.ch = make(chan struct{})
+	}
+	return s.ch, s.gen
+}
+
+func (s *signal) signal() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ch != nil {
+		close(s.ch)
+		s.ch = nil
+	}
+	s.gen++
 }
 
 // Buffers for chunk bytes, by size class: a power of two (4 KiB up to

@@ -55,6 +55,9 @@ func (b *Blocks) Corrupt() {
 // Len is the number of stored chunks; Puts counts Put calls.
 func (b *Blocks) Len() int { b.mu.Lock(); defer b.mu.Unlock(); return len(b.m) }
 
+// Puts is the number of Put calls so far.
+func (b *Blocks) Puts() int { b.mu.Lock(); defer b.mu.Unlock(); return b.puts }
+
 // EncodedBytes sums the stored encodings.
 func (b *Blocks) EncodedBytes() int64 {
 	b.mu.Lock()
