@@ -528,3 +528,46 @@ func TestFsckQueueRecords(t *testing.T) {
 		t.Fatalf("%d dead chunks after rolling back 42 counted ones", d)
 	}
 }
+
+// TestTruncateBigSharedFile truncates a file whose manifest a snapshot
+// shares and whose remaining chunks are more than one transaction can
+// count: it goes through the batched commit; the snapshot keeps the old
+// content.
+func TestTruncateBigSharedFile(t *testing.T) {
+	e := openBig(t, 2<<20)
+	ctx := context.Background()
+	s := e.s
+	if l := s.st.(txnLimiter).MaxTxnWrites(); l >= 5000 {
+		t.Fatalf("5000 count updates fit one transaction of %d writes", l)
+	}
+	ids := synthIDs(e.blocks[0], 0, 6000)
+	d := e.mkdir(t, RootIno, "d")
+	f := e.mkfile(t, d.Ino, "f")
+	_, err := s.Commit(ctx, CommitRequest{Ino: f.Ino, Manifest: manifestOf(ids...)})
+	must(t, err)
+	snap, err := s.CreateSnapshot(ctx, d.Ino, "s")
+	must(t, err)
+	size := uint64(5000 * 4096)
+	mode := uint32(0o600)
+	a, err := s.SetAttr(ctx, f.Ino, SetAttrRequest{Size: &size, Mode: &mode})
+	must(t, err)
+	if a.Size != size || a.Mode&0o777 != mode {
+		t.Fatalf("attr after truncate %+v", a)
+	}
+	if !sameManifest(e.manifest(t, f.Ino), manifestOf(ids[:5000]...)) {
+		t.Fatal("truncated file does not read back its first 5000 chunks")
+	}
+	p, err := s.ReadPlan(ctx, Node{Snap: snap.ID, Ino: f.Ino})
+	must(t, err)
+	if !sameManifest(p.Manifest, manifestOf(ids...)) {
+		t.Fatal("snapshot changed")
+	}
+	e.fsckClean(t)
+	must(t, s.DeleteSnapshot(ctx, d.Ino, "s"))
+	n, err := s.GC(ctx)
+	must(t, err)
+	if n != 1000 {
+		t.Fatalf("GC deleted %d chunks, want the 1000 cut off", n)
+	}
+	e.fsckClean(t)
+}

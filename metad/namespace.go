@@ -107,6 +107,72 @@ func (s *Service) SetAttr(ctx context.Context, ino Ino, req SetAttrRequest) (Att
 		a = n.attr(ino)
 		return nil
 	})
+	if errors.Is(err, ErrTxnTooBig) && req.Size != nil {
+		return s.truncateBatched(ctx, ino, req)
+	}
+	return a, err
+}
+
+// truncateBatched changes the size of a file whose truncated manifest has
+// more chunks to count than one transaction holds (a snapshot shares the
+// old one): the new manifest goes through the batched commit, then the
+// other attributes change in a second transaction. Caller holds snapMu
+// shared.
+func (s *Service) truncateBatched(ctx context.Context, ino Ino, req SetAttrRequest) (Attr, error) {
+	var m cas.Manifest
+	var gen uint64
+	err := s.view(ctx, func(t *tx) error {
+		n, err := t.live(ino)
+		if err != nil {
+			return err
+		}
+		old, err := t.manifest(n.MID)
+		if err != nil {
+			return err
+		}
+		m = truncated(old, n, *req.Size, s.policy)
+		gen = n.Gen
+		return nil
+	})
+	if err != nil {
+		return Attr{}, err
+	}
+	ids := m.ChunkIDs()
+	s.hold(ids) // every chunk is named by the file's current manifest
+	defer s.unhold(ids)
+	now := s.now()
+	if _, err := s.commitBatched(ctx, CommitRequest{Ino: ino, Manifest: m, ExpectGen: gen, Mtime: now}, &m, func(cas.ChunkID) bool { return false }); err != nil {
+		return Attr{}, err
+	}
+	rest := req
+	rest.Size = nil
+	if rest.Mtime == nil {
+		rest.Mtime = &now
+	}
+	var a Attr
+	err = s.update(ctx, func(t *tx) error {
+		n, err := t.live(ino)
+		if err != nil {
+			return err
+		}
+		if rest.Mode != nil {
+			n.Mode = n.Mode&syscall.S_IFMT | *rest.Mode&^uint32(syscall.S_IFMT)
+		}
+		if rest.Uid != nil {
+			n.Uid = *rest.Uid
+		}
+		if rest.Gid != nil {
+			n.Gid = *rest.Gid
+		}
+		if rest.Atime != nil {
+			n.Atime = rest.Atime.UnixNano()
+		}
+		n.Mtime = rest.Mtime.UnixNano()
+		n.Ctime = t.now
+		t.dirty(ino)
+		a = n.attr(ino)
+		return nil
+	})
 	return a, err
 }
 
@@ -115,10 +181,19 @@ func (t *tx) truncate(ino Ino, n *inode, size uint64) error {
 	if err != nil {
 		return err
 	}
+	m := truncated(old, n, size, t.s.policy)
+	// Every chunk of the new manifest is referenced by the old one, so no
+	// chunk needs verifying.
+	return t.swapManifest(ino, n, &m, nil)
+}
+
+// truncated is old (the manifest of n) cut or extended to size.
+func truncated(old *cas.Manifest, n *inode, size uint64, def cas.Policy) cas.Manifest {
 	m := cas.Manifest{Policy: old.Policy, Size: size}
 	if n.MID == 0 {
+		var err error
 		if m.Policy, err = cas.ParsePolicy(n.Policy); err != nil {
-			m.Policy = t.s.policy
+			m.Policy = def
 		}
 	}
 	for _, e := range old.Extents {
@@ -130,9 +205,7 @@ func (t *tx) truncate(ino Ino, n *inode, size uint64) error {
 		}
 		m.Extents = append(m.Extents, e)
 	}
-	// Every chunk of the new manifest is referenced by the old one, so no
-	// chunk needs verifying.
-	return t.swapManifest(ino, n, &m, nil)
+	return m
 }
 
 // Create implements Namespace.
