@@ -1,13 +1,18 @@
 package fusefs_test
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
+	"os/signal"
 	"path/filepath"
+	"runtime"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"stasis/casfs"
 	"stasis/casfs/internal/testenv"
@@ -55,5 +60,64 @@ func TestCorruptChunkIsEIO(t *testing.T) {
 	_, err := os.ReadFile(filepath.Join(mnt2, "f"))
 	if !errors.Is(err, syscall.EIO) {
 		t.Fatalf("reading corrupt chunks: %v, want EIO", err)
+	}
+}
+
+// TestCloseIgnoresInterrupts: a signal delivered to the thread blocked in
+// close(2) makes the kernel send FUSE_INTERRUPT. close is never retried (Go
+// does not, and must not), so casfs has to finish the commit instead of
+// failing it with EINTR. The Go runtime's own preemption signal does this to
+// any slow close; here the test sends SIGUSR1 to the closing thread every
+// millisecond while blockd is slow.
+func TestCloseIgnoresInterrupts(t *testing.T) {
+	e, mnt := mount(t, testenv.Options{})
+	sig := make(chan os.Signal, 1024)
+	signal.Notify(sig, syscall.SIGUSR1)
+	defer signal.Stop(sig)
+
+	for i := 0; i < 3; i++ {
+		name := filepath.Join(mnt, fmt.Sprintf("f%d", i))
+		data := randBytes(uint64(10+i), 3<<20)
+		f, err := os.Create(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.Write(data); err != nil {
+			t.Fatal(err)
+		}
+		e.Blocks.SetPutDelay(150 * time.Millisecond)
+		tids := make(chan int, 1)
+		done := make(chan error, 1)
+		go func() {
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			tids <- unix.Gettid()
+			done <- f.Close()
+		}()
+		tid := <-tids
+		sent := 0
+		var closeErr error
+	wait:
+		for {
+			select {
+			case closeErr = <-done:
+				break wait
+			default:
+				unix.Tgkill(os.Getpid(), tid, syscall.SIGUSR1)
+				sent++
+				time.Sleep(time.Millisecond)
+			}
+		}
+		e.Blocks.SetPutDelay(0)
+		if closeErr != nil {
+			t.Fatalf("close with %d signals to the closing thread: %v", sent, closeErr)
+		}
+		got, err := os.ReadFile(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, data) {
+			t.Fatalf("%s: read back %d bytes that differ from the %d written", name, len(got), len(data))
+		}
 	}
 }

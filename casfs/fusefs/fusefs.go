@@ -535,12 +535,16 @@ func (h *handle) Write(ctx context.Context, data []byte, off int64) (uint32, sys
 	return uint32(n), 0
 }
 
+// Flush and Fsync ignore FUSE interrupts: a signal to the thread blocked in
+// close(2) or fsync(2) (even the Go runtime's preemption signal) makes the
+// kernel send FUSE_INTERRUPT, and honouring it would fail a close that the
+// caller can never retry. The commit is bounded by casfs's retry deadline.
 func (h *handle) Flush(ctx context.Context) syscall.Errno {
-	return h.r.toErrno("flush", h.h.Flush(ctx))
+	return h.r.toErrno("flush", h.h.Flush(context.WithoutCancel(ctx)))
 }
 
 func (h *handle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
-	return h.r.toErrno("fsync", h.h.Fsync(ctx))
+	return h.r.toErrno("fsync", h.h.Fsync(context.WithoutCancel(ctx)))
 }
 
 func (h *handle) Release(ctx context.Context) syscall.Errno {

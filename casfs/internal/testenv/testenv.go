@@ -13,6 +13,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"stasis/blockd"
 	"stasis/cas"
@@ -24,11 +25,12 @@ import (
 // Blocks is an in-memory blockd.PruneStore with fault injection. Stored
 // bytes are copied in and out.
 type Blocks struct {
-	mu      sync.Mutex
-	m       map[cas.ChunkID][]byte
-	puts    int
-	failPut error
-	failGet error
+	mu       sync.Mutex
+	m        map[cas.ChunkID][]byte
+	puts     int
+	failPut  error
+	failGet  error
+	putDelay time.Duration
 }
 
 var _ blockd.PruneStore = (*Blocks)(nil)
@@ -94,7 +96,16 @@ func (b *Blocks) Missing(ctx context.Context, ids []cas.ChunkID) ([]cas.ChunkID,
 	return out, nil
 }
 
+// SetPutDelay makes every later Put take at least d (a slow disk).
+func (b *Blocks) SetPutDelay(d time.Duration) { b.mu.Lock(); b.putDelay = d; b.mu.Unlock() }
+
 func (b *Blocks) Put(ctx context.Context, chunks []blockd.Chunk) error {
+	b.mu.Lock()
+	d := b.putDelay
+	b.mu.Unlock()
+	if d > 0 {
+		time.Sleep(d)
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.failPut != nil {
