@@ -108,7 +108,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	s := &Server{cfg: cfg, store: cfg.Store, log: cfg.Logger, m: newMetrics(cfg.Store), mux: http.NewServeMux()}
 	s.prune, _ = cfg.Store.(PruneStore)
 	s.arenas.New = func() any {
-		b := make([]byte, 0, cfg.BatchBytes+cas.MaxEncodedSize)
+		b := make([]byte, 0, cfg.BatchBytes+maxFrameHeader+cas.MaxEncodedSize)
 		return &b
 	}
 	s.route("POST /v1/missing", "missing", cas.OpHas, s.handleMissing)
@@ -490,14 +490,16 @@ func (s *Server) handlePut(w http.ResponseWriter, r *http.Request, c cas.Claims)
 		s.m.putBytes.Add(float64(writtenBytes))
 	}()
 
-	fr := newFrameReader(r.Body)
+	// Frames are read in large reads straight into the batch's arena and
+	// parsed in place: a chunk's Data is a slice of the arena, so no
+	// byte is copied after the socket read except the few read past the
+	// end of a batch, which move to the next arena. Reads stop at the end
+	// of the frame that crosses BatchBytes, and the arena has room for
+	// that whole frame.
 	cur := batch{arena: s.getArena()}
-	flush := func() {
-		if len(cur.chunks) > 0 {
-			toVerify <- cur
-			cur = batch{arena: s.getArena()}
-		}
-	}
+	a := *cur.arena // bytes read into the current arena
+	p := 0          // start of the first unparsed frame in a
+	eof := false
 	var readErr error
 	for readErr == nil {
 		select {
@@ -506,34 +508,61 @@ func (s *Server) handlePut(w http.ResponseWriter, r *http.Request, c cas.Claims)
 			continue
 		default:
 		}
-		id, n, err := fr.header()
-		if err == io.EOF {
-			break
-		}
+		id, n, hdr, ok, err := parseFrameHeader(a[p:])
 		if err != nil {
 			readErr = err
 			break
 		}
-		a := *cur.arena
-		if len(a)+n > cap(a) {
-			flush()
-			a = *cur.arena
+		if ok && p+hdr+n <= len(a) {
+			end := p + hdr + n
+			cur.chunks = append(cur.chunks, Chunk{ID: id, Data: a[p+hdr : end : end]})
+			p = end
+			if p >= s.cfg.BatchBytes {
+				next := s.getArena()
+				*next = append(*next, a[p:]...)
+				*cur.arena = a[:p]
+				toVerify <- cur
+				cur = batch{arena: next}
+				a, p = *next, 0
+			}
+			continue
 		}
-		ch := Chunk{ID: id, Data: a[len(a) : len(a)+n]}
-		if err := fr.body(id, ch.Data); err != nil {
-			readErr = err
+		if eof {
+			switch {
+			case p == len(a): // a clean end
+			case ok:
+				readErr = fmt.Errorf("%w: chunk %s: truncated after %d of %d bytes: %w",
+					ErrBadFrame, id.Short(), len(a)-p-hdr, n, io.ErrUnexpectedEOF)
+			default:
+				readErr = fmt.Errorf("%w: truncated frame header (%d bytes): %w", ErrBadFrame, len(a)-p, io.ErrUnexpectedEOF)
+			}
 			break
 		}
-		*cur.arena = a[:len(a)+n]
-		cur.chunks = append(cur.chunks, ch)
-		if len(*cur.arena) >= s.cfg.BatchBytes {
-			flush()
+		end := max(s.cfg.BatchBytes, p+maxFrameHeader)
+		if ok {
+			end = max(end, p+hdr+n)
+		}
+		end = min(end, cap(a))
+		if end <= len(a) { // cannot happen: the arena holds a batch plus a frame
+			readErr = fmt.Errorf("blockd: put reader stuck at %d of %d bytes", len(a), cap(a))
+			break
+		}
+		k, err := r.Body.Read(a[len(a):end])
+		a = a[:len(a)+k]
+		if err == io.EOF {
+			eof = true
+		} else if err != nil {
+			readErr = fmt.Errorf("%w: reading frames: %w", ErrBadFrame, err)
 		}
 	}
 	// The frames before a bad one are whole: verify and store them too.
 	readDone.Store(true)
-	flush()
-	s.arenas.Put(cur.arena)
+	*cur.arena = a[:p]
+	if len(cur.chunks) > 0 {
+		toVerify <- cur
+	} else {
+		s.arenas.Put(cur.arena)
+	}
 	close(toVerify)
 	<-storeDone
 	// The earliest failure is reported: a store error (it stops

@@ -6,12 +6,14 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"stasis/blockd"
@@ -566,3 +568,57 @@ func TestEarlyRefusalOfLongPut(t *testing.T) {
 // testHTTP bounds every test request, so a hung server fails the test
 // instead of stalling the suite.
 var testHTTP = &http.Client{Timeout: time.Minute}
+
+// TestPutStreamPieces feeds put bodies to the handler in awkward pieces
+// (one byte at a time, halves, data arriving together with EOF) with
+// batches small enough that frames cross batch borders: every whole frame
+// is stored, a truncated stream stores exactly its whole frames.
+func TestPutStreamPieces(t *testing.T) {
+	var good []blockd.Chunk
+	for i, size := range []int{1, 100, 3000, 5000, 40, 70000, 2, 9000} {
+		good = append(good, storetest.Chunks(uint64(100+i), 1, size)...)
+	}
+	full := frames(good...)
+	putTok := mintT(t, testKeys, cas.Claims{Ops: cas.OpPut, Scope: "b1", Expiry: time.Now().Add(time.Minute)})
+	readers := map[string]func(io.Reader) io.Reader{
+		"onebyte": iotest.OneByteReader,
+		"half":    iotest.HalfReader,
+		"dataerr": iotest.DataErrReader,
+	}
+	for rname, wrap := range readers {
+		for _, batch := range []int{1, 1000, 8 << 10} {
+			for _, cut := range []int{0, 1, 33, 40} { // bytes cut off the end
+				t.Run(fmt.Sprintf("%s/batch=%d/cut=%d", rname, batch, cut), func(t *testing.T) {
+					st := blockd.NewMemStore()
+					srv, err := blockd.NewServer(blockd.ServerConfig{Store: st, Keyring: testKeys, Name: "b1", BatchBytes: batch})
+					if err != nil {
+						t.Fatal(err)
+					}
+					body := full[:len(full)-cut]
+					req := httptest.NewRequest("POST", "/v1/put", wrap(bytes.NewReader(body)))
+					req.Header.Set("Authorization", "Bearer "+putTok)
+					rec := httptest.NewRecorder()
+					srv.ServeHTTP(rec, req)
+					var resp map[string]any
+					if err := json.Unmarshal(rec.Body.Bytes(), &resp); err != nil {
+						t.Fatalf("status %d, body %q", rec.Code, rec.Body)
+					}
+					want, wantCode := len(good), 200
+					if cut > 0 {
+						want, wantCode = len(good)-1, 400
+						if resp["reason"] != "bad-frame" {
+							t.Fatalf("reason %v", resp["reason"])
+						}
+					}
+					if rec.Code != wantCode || resp["stored"] != float64(want) {
+						t.Fatalf("status %d stored %v (%v); want %d %d", rec.Code, resp["stored"], resp["error"], wantCode, want)
+					}
+					storetest.CheckHolds(t, st, good[:want])
+					if n := st.Stats().Chunks; n != int64(want) {
+						t.Fatalf("store holds %d chunks, want %d", n, want)
+					}
+				})
+			}
+		}
+	}
+}

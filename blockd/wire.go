@@ -34,6 +34,31 @@ func AppendFrame(dst []byte, c Chunk) []byte {
 	return append(dst, c.Data...)
 }
 
+// maxFrameHeader is the longest frame header: ID and uvarint length.
+const maxFrameHeader = cas.IDSize + binary.MaxVarintLen64
+
+// parseFrameHeader parses the frame header at the start of b: the chunk ID,
+// the data length n and the header's length. ok is false if b does not
+// hold a whole header yet. A malformed length is an error wrapping
+// ErrBadFrame, an oversize one a *RejectError (too-large).
+func parseFrameHeader(b []byte) (id cas.ChunkID, n, hdr int, ok bool, err error) {
+	if len(b) < cas.IDSize {
+		return id, 0, 0, false, nil
+	}
+	copy(id[:], b)
+	v, k := binary.Uvarint(b[cas.IDSize:])
+	switch {
+	case k == 0 && len(b) < maxFrameHeader:
+		return id, 0, 0, false, nil
+	case k <= 0: // ten bytes and no end, or too big for 64 bits
+		return id, 0, 0, false, fmt.Errorf("%w: chunk %s: bad length: varint overflows", ErrBadFrame, id.Short())
+	case v > cas.MaxEncodedSize:
+		return id, 0, 0, false, &RejectError{ID: id, Reason: ReasonTooLarge,
+			Err: fmt.Errorf("%w: frame of %d bytes exceeds %d", cas.ErrChunkTooLarge, v, cas.MaxEncodedSize)}
+	}
+	return id, int(v), cas.IDSize + k, true, nil
+}
+
 // frameReader reads frames from a stream.
 type frameReader struct {
 	r *bufio.Reader

@@ -2,6 +2,8 @@ package blockd
 
 import (
 	"bytes"
+	"encoding/binary"
+	"errors"
 	"io"
 	"testing"
 
@@ -50,5 +52,31 @@ func TestFrameBody(t *testing.T) {
 	}
 	if n, err := newFrameBody(nil, nil).Read(make([]byte, 10)); n != 0 || err != io.EOF {
 		t.Fatalf("empty body: %d, %v", n, err)
+	}
+}
+
+func TestParseFrameHeader(t *testing.T) {
+	var id cas.ChunkID
+	id[0] = 7
+	frame := AppendFrame(nil, Chunk{ID: id, Data: make([]byte, 300)}) // 2-byte length
+	for i := 0; i < cas.IDSize+2; i++ {
+		if _, _, _, ok, err := parseFrameHeader(frame[:i]); ok || err != nil {
+			t.Fatalf("%d bytes: ok %v err %v, want incomplete", i, ok, err)
+		}
+	}
+	got, n, hdr, ok, err := parseFrameHeader(frame)
+	if !ok || err != nil || got != id || n != 300 || hdr != cas.IDSize+2 {
+		t.Fatalf("parse = %v %d %d %v %v", got, n, hdr, ok, err)
+	}
+	// Ten continuation bytes are already too many: refused without an
+	// eleventh, so a reader that reads at most a header's worth ends.
+	bad := append(id[:], bytes.Repeat([]byte{0xff}, 10)...)
+	if _, _, _, _, err := parseFrameHeader(bad); !errors.Is(err, ErrBadFrame) {
+		t.Fatalf("ten continuation bytes: %v", err)
+	}
+	big := binary.AppendUvarint(append([]byte(nil), id[:]...), cas.MaxEncodedSize+1)
+	var re *RejectError
+	if _, _, _, _, err := parseFrameHeader(big); !errors.As(err, &re) || re.Reason != ReasonTooLarge {
+		t.Fatalf("oversize: %v", err)
 	}
 }
