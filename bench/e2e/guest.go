@@ -137,12 +137,12 @@ func bootVM(ctx context.Context, k guestKit, spec nodeSpec, dir string) (*vm, er
 		return nil, err
 	}
 	qmpSock := filepath.Join(dir, "qmp.sock")
-	args := []string{"-accel", "tcg", "-display", "none", "-nodefaults", "-no-user-config",
+	args := []string{"-accel", "tcg", "-display", "none", "-nodefaults", "-no-user-config", "-no-reboot",
 		"-m", fmt.Sprintf("%dM", spec.memMB),
 		"-object", fmt.Sprintf("memory-backend-file,id=mem,size=%dM,mem-path=%s,share=on", spec.memMB, v.ramPath),
 		"-machine", "pc,memory-backend=mem",
 		"-kernel", k.kernel, "-initrd", k.initrd,
-		"-append", fmt.Sprintf("console=ttyS0 quiet rdinit=/bench/init stasis.id=%s bench.pkg=%d bench.uniq=%d bench.logs=%d", spec.name, spec.pkgMB, spec.uniqMB, spec.logsMB),
+		"-append", fmt.Sprintf("console=ttyS0 quiet no_timer_check panic=-1 rdinit=/bench/init stasis.id=%s bench.pkg=%d bench.uniq=%d bench.logs=%d", spec.name, spec.pkgMB, spec.uniqMB, spec.logsMB),
 		"-drive", "file=" + overlay + ",if=virtio,format=qcow2,cache=none",
 		"-serial", "file:" + filepath.Join(dir, "serial.log"),
 		"-qmp", "unix:" + qmpSock + ",server=on,wait=off",
@@ -175,16 +175,22 @@ func newMonitor(sock string) (*qmp.SocketMonitor, error) {
 	return m, nil
 }
 
-// waitCounter waits until the guest has printed counter n (its workload is done by then).
+// waitCounter waits until the guest has printed counter n (its workload is
+// done by then). A guest whose QEMU exited (a kernel panic, with -no-reboot
+// and panic=-1) fails at once with the end of its console.
 func (v *vm) waitCounter(ctx context.Context, n int, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	want := fmt.Sprintf(" n=%d ", n)
 	for time.Now().Before(deadline) {
-		if b, err := os.ReadFile(filepath.Join(v.dir, "serial.log")); err == nil && strings.Contains(string(b), want) {
+		b, err := os.ReadFile(filepath.Join(v.dir, "serial.log"))
+		if err == nil && strings.Contains(string(b), want) {
 			return nil
 		}
 		if ctx.Err() != nil {
 			return ctx.Err()
+		}
+		if syscall.Kill(v.cmd.Process.Pid, 0) != nil || v.exited() {
+			return fmt.Errorf("guest %s exited while booting: %s", v.spec.name, tail(b, 300))
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
@@ -276,6 +282,16 @@ func (v *vm) capture(ctx context.Context, dst string, stream bool) error {
 		}
 	}
 	return nil
+}
+
+// exited reports whether the QEMU process has terminated (a zombie counts).
+func (v *vm) exited() bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", v.cmd.Process.Pid))
+	if err != nil {
+		return true
+	}
+	f := strings.Fields(string(b))
+	return len(f) > 2 && f[2] == "Z"
 }
 
 func (v *vm) cont() error { _, err := v.qmp("cont", nil); return err }

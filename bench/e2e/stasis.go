@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"stasis/hypervisor"
 )
 
 // stasisTool ingests through a real casfs mount in embedded mode, its data
@@ -99,15 +101,18 @@ func (t *stasisTool) unmount() error {
 	}
 }
 
-// policyFor is the chunker stasis uses per file kind: page-aligned RAM
-// images at 4 KiB, qcow2 overlays at their 64 KiB cluster size, anything
-// else (migration streams, ordinary files) content-defined.
+// policyFor is the chunker stasis's swapout uses per file kind (the
+// hypervisor package's constants): page-aligned RAM images at 4 KiB, qcow2
+// overlays at their 64 KiB cluster size, migration streams content-defined;
+// anything else gets the mount's default.
 func policyFor(name string) string {
 	switch {
 	case strings.HasSuffix(name, ".ram"):
-		return "fixed:4096"
+		return hypervisor.ChunkerRAM
 	case strings.HasSuffix(name, ".qcow2"):
 		return "fixed:65536"
+	case strings.HasSuffix(name, ".mig"):
+		return hypervisor.ChunkerStream
 	}
 	return ""
 }
