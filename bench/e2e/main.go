@@ -137,7 +137,7 @@ func runBench(ctx context.Context, log *slog.Logger, o options) error {
 	if err := r.writePlots(); err != nil {
 		return err
 	}
-	return r.update(o.out, strings.Join(os.Args, " "))
+	return r.update(o.out, "go run ./bench/e2e "+strings.Join(os.Args[1:], " "))
 }
 
 func numCPU() int {
