@@ -511,9 +511,13 @@ func TestFsckQueueRecords(t *testing.T) {
 	}
 	restore()
 	// Recovery turns the pending commit into a release; damage that too.
+	// The background releaser (kicked by the failed commit) would finish the
+	// release before it can be damaged: keep it out meanwhile.
+	s.relMu.Lock()
 	must(t, s.recoverPending(ctx))
 	restore = damage(releaseKey(mid), []byte(`{"list":true,"next":0,"end":1000}`))
 	rep, err = Fsck(ctx, fs, FsckOptions{})
+	s.relMu.Unlock()
 	must(t, err)
 	if rep.ProblemCount == 0 {
 		t.Fatal("fsck missed a release longer than its list")
