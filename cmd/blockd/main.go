@@ -10,10 +10,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"syscall"
 	"time"
 
@@ -21,6 +19,7 @@ import (
 
 	"stasis/blockd"
 	"stasis/cas"
+	"stasis/internal/serve"
 )
 
 type serveOptions struct {
@@ -125,37 +124,15 @@ func runServe(ctx context.Context, o serveOptions) error {
 	if err != nil {
 		return err
 	}
-	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
-		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
-
-	addr := ln.Addr().String()
-	if o.addrFile != "" {
-		if err := writeFileAtomic(o.addrFile, []byte(addr+"\n")); err != nil {
-			return fmt.Errorf("--addr-file: %w", err)
-		}
-	}
-	st := store.Stats()
-	log.Info("blockd listening", "addr", addr, "name", o.name, "data", o.data,
-		"chunks", st.Chunks, "encoded_bytes", st.EncodedBytes, "key_id", keys.CurrentKeyID())
-
-	errc := make(chan error, 1)
-	go func() { errc <- hs.Serve(ln) }()
-	select {
-	case err := <-errc:
-		return fmt.Errorf("serving: %w", err)
-	case <-ctx.Done():
-	}
-	log.Info("shutting down")
-	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := hs.Shutdown(sctx); err != nil {
-		log.Warn("shutdown incomplete", "err", err)
-	}
-	if err := store.Close(); err != nil {
-		return fmt.Errorf("closing store: %w", err)
-	}
-	log.Info("stopped")
-	return nil
+	return serve.HTTP(ctx, log, ln, srv, serve.Options{
+		AddrFile: o.addrFile,
+		Listening: func(addr string) {
+			st := store.Stats()
+			log.Info("blockd listening", "addr", addr, "name", o.name, "data", o.data,
+				"chunks", st.Chunks, "encoded_bytes", st.EncodedBytes, "key_id", keys.CurrentKeyID())
+		},
+		Close: store.Close,
+	})
 }
 
 // checkWritableDir creates dir if needed and proves it is writable.
@@ -169,12 +146,4 @@ func checkWritableDir(dir string) error {
 	}
 	f.Close()
 	return os.Remove(f.Name())
-}
-
-func writeFileAtomic(path string, data []byte) error {
-	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp")
-	if err := os.WriteFile(tmp, data, 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
 }

@@ -13,7 +13,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -22,6 +21,7 @@ import (
 
 	"stasis/blockd"
 	"stasis/cas"
+	"stasis/internal/serve"
 	"stasis/metad"
 )
 
@@ -187,39 +187,11 @@ func runServe(ctx context.Context, o serveOptions) error {
 	if err != nil {
 		return err
 	}
-	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
-		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
-	addr := ln.Addr().String()
-	if o.addrFile != "" {
-		if err := writeFileAtomic(o.addrFile, []byte(addr+"\n")); err != nil {
-			return fmt.Errorf("--addr-file: %w", err)
-		}
-	}
-	log.Info("metad listening", "addr", addr, "data", o.data, "blockd", len(cfg.Blocks), "key_id", keys.CurrentKeyID())
-	errc := make(chan error, 1)
-	go func() { errc <- hs.Serve(ln) }()
-	select {
-	case err := <-errc:
-		return fmt.Errorf("serving: %w", err)
-	case <-ctx.Done():
-	}
-	log.Info("shutting down")
-	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := hs.Shutdown(sctx); err != nil {
-		log.Warn("shutdown incomplete", "err", err)
-	}
-	if err := svc.Close(); err != nil {
-		return fmt.Errorf("closing store: %w", err)
-	}
-	log.Info("stopped")
-	return nil
-}
-
-func writeFileAtomic(path string, data []byte) error {
-	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp")
-	if err := os.WriteFile(tmp, data, 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	return serve.HTTP(ctx, log, ln, srv, serve.Options{
+		AddrFile: o.addrFile,
+		Listening: func(addr string) {
+			log.Info("metad listening", "addr", addr, "data", o.data, "blockd", len(cfg.Blocks), "key_id", keys.CurrentKeyID())
+		},
+		Close: svc.Close,
+	})
 }
