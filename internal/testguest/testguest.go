@@ -17,6 +17,7 @@ package testguest
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -234,10 +235,13 @@ func Launch(f Files, cfg Config) (*Guest, error) {
 	g.Cmd = cmd
 	g.Console.Done = g.exited
 	go func() { g.waitErr = cmd.Wait(); close(g.exited) }()
-	// Wait for the QMP socket so callers can connect at once.
+	// Wait until the QMP socket accepts connections so callers can connect
+	// at once. The file appearing is not enough: QEMU binds it before it
+	// listens, and a connect in between is refused.
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		if _, err := os.Stat(g.QMP); err == nil {
+		if c, err := net.DialTimeout("unix", g.QMP, time.Second); err == nil {
+			c.Close()
 			return g, nil
 		}
 		select {
