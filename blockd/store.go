@@ -55,3 +55,18 @@ type PruneStore interface {
 	Delete(ctx context.Context, ids []cas.ChunkID) error
 	List(ctx context.Context, fn func(ChunkInfo) error) error
 }
+
+// Usage is what a store holds: distinct chunks and the sum of their encoded
+// sizes (what the chunks occupy before any per-record or file-system
+// overhead). Chunks deleted but not yet reclaimed on disk are not counted.
+type Usage struct {
+	Chunks       uint64 `json:"chunks"`
+	EncodedBytes uint64 `json:"encoded_bytes"`
+}
+
+// UsageStore reports Usage. It is exact (it counts every Put that has
+// returned and every Delete that has returned), cheap (no scan per call),
+// and correct after a restart. Implementations are safe for concurrent use.
+type UsageStore interface {
+	Usage(ctx context.Context) (Usage, error)
+}
