@@ -266,32 +266,9 @@ func incomingFromFile(ctx context.Context, mon *monitor, dir string, f hyperviso
 		return err
 	}
 	fed := make(chan error, 1)
-	go func() {
-		buf := make([]byte, 1<<20)
-		var werr error
-		for {
-			n, rerr := vr.Read(buf)
-			if n > 0 && werr == nil {
-				_, werr = wp.Write(buf[:n])
-				p.Add(int64(n))
-				if werr != nil {
-					// QEMU stopped reading; keep hashing so a damaged
-					// image is reported as such.
-					wp.Close()
-				}
-			}
-			if rerr == io.EOF {
-				wp.Close()
-				fed <- werr
-				return
-			}
-			if rerr != nil {
-				wp.Close()
-				fed <- rerr // a verification error beats QEMU's complaint
-				return
-			}
-		}
-	}()
+	go func() { fed <- hypervisor.Feed(wp, vr, p) }()
+	// If loading fails, QEMU may still hold the descriptor without reading:
+	// closing our end makes a blocked write fail.
 	_, merr := mon.waitMigration(ctx, nil)
 	if merr != nil {
 		wp.Close()

@@ -321,26 +321,7 @@ func Restore(ctx context.Context, dir string, opts RestoreOptions) (*Machine, er
 	}
 	p.Start("memory", mem.Size)
 	fed := make(chan error, 1)
-	go func() {
-		buf := make([]byte, 1<<20)
-		var werr error
-		for {
-			n, rerr := vr.Read(buf)
-			if n > 0 && werr == nil {
-				_, werr = wp.Write(buf[:n])
-				p.Add(int64(n))
-			}
-			if rerr != nil {
-				wp.Close()
-				if rerr == io.EOF {
-					fed <- werr
-				} else {
-					fed <- rerr
-				}
-				return
-			}
-		}
-	}()
+	go func() { fed <- hypervisor.Feed(wp, vr, p) }()
 	xerr := runXL(ctx, opts.XL, r, args...)
 	r.Close()
 	ferr := <-fed
