@@ -262,3 +262,35 @@ func TestCopySparseFrom(t *testing.T) {
 		t.Fatal("content differs")
 	}
 }
+
+// TestVerifyFile checks one sparse file: holes are hashed without being
+// read, so a byte written into a hole must still be caught.
+func TestVerifyFile(t *testing.T) {
+	dir := t.TempDir()
+	w, err := CreateFile(dir, "ram", RoleRAM, ChunkerRAM, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := make([]byte, 64<<10)
+	rand.Read(data)
+	w.Skip(1 << 20)
+	w.Write(data)
+	w.Skip(2 << 20)
+	f, err := w.Commit()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := VerifyFile(dir, f, nil); err != nil {
+		t.Fatalf("VerifyFile of an intact sparse file: %v", err)
+	}
+	fh, _ := os.OpenFile(filepath.Join(dir, "ram"), os.O_WRONLY, 0)
+	fh.WriteAt([]byte{1}, 2<<20) // inside the second hole
+	fh.Close()
+	if err := VerifyFile(dir, f, nil); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("VerifyFile of a file with a byte in a hole: %v, want ErrCorrupt", err)
+	}
+	os.Remove(filepath.Join(dir, "ram"))
+	if err := VerifyFile(dir, f, nil); !errors.Is(err, ErrIncomplete) {
+		t.Fatalf("VerifyFile of a missing file: %v, want ErrIncomplete", err)
+	}
+}

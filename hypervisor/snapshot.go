@@ -188,17 +188,20 @@ func Verify(dir string, p Progress) (*Manifest, error) {
 	p = orNop(p)
 	p.Start("verify", m.Bytes())
 	for _, f := range m.Files {
-		if err := verifySparse(dir, f, p); err != nil {
+		if err := VerifyFile(dir, f, p); err != nil {
 			return nil, err
 		}
 	}
 	return m, nil
 }
 
-// verifySparse checks one file like a VerifiedReader but skips reading the
-// holes SEEK_DATA/SEEK_HOLE report (it hashes zeros for them instead): a
-// RAM image is mostly holes, and reading them costs more than hashing.
-func verifySparse(dir string, want File, p Progress) error {
+// VerifyFile reads one file of a snapshot and checks its size and checksum
+// against its manifest entry, as Verify does for every file (errors wrap
+// ErrIncomplete or ErrCorrupt). It skips reading the holes
+// SEEK_DATA/SEEK_HOLE report and hashes zeros for them instead: a RAM image
+// is mostly holes, and reading them costs more than hashing.
+func VerifyFile(dir string, want File, p Progress) error {
+	p = orNop(p)
 	vr, err := OpenVerified(dir, want)
 	if err != nil {
 		return err
@@ -244,22 +247,6 @@ func verifySparse(dir string, want File, p Progress) error {
 			return err
 		}
 		n, err := vr.Read(buf[:end-vr.n])
-		p.Add(int64(n))
-		if err == io.EOF {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-	}
-}
-
-// drain reads r to the end in large pieces (io.Discard's ReadFrom would use
-// 8 KiB reads, which makes hashing several times slower).
-func drain(r io.Reader, p Progress) error {
-	buf := make([]byte, 1<<20)
-	for {
-		n, err := r.Read(buf)
 		p.Add(int64(n))
 		if err == io.EOF {
 			return nil

@@ -153,7 +153,7 @@ func Restore(ctx context.Context, dir string, opts RestoreOptions) (*Machine, er
 	}
 	if man.Mode == ModeMappedRAM {
 		p.Start("verify memory", memFile.Size)
-		if err := verifyFile(dir, memFile, p); err != nil {
+		if err := hypervisor.VerifyFile(dir, memFile, p); err != nil {
 			cleanup()
 			return nil, err
 		}
@@ -219,25 +219,6 @@ func fileNamed(man *hypervisor.Manifest, name string) (hypervisor.File, bool) {
 		}
 	}
 	return hypervisor.File{}, false
-}
-
-func verifyFile(dir string, f hypervisor.File, p hypervisor.Progress) error {
-	r, err := hypervisor.OpenVerified(dir, f)
-	if err != nil {
-		return err
-	}
-	defer r.Close()
-	buf := make([]byte, 1<<20) // large reads: io.Discard's ReadFrom uses 8 KiB
-	for {
-		n, err := r.Read(buf)
-		p.Add(int64(n))
-		if err == io.EOF {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-	}
 }
 
 // incomingFromFile feeds a saved migration stream to QEMU through a pipe,
