@@ -261,6 +261,27 @@ func TestCopySparseFrom(t *testing.T) {
 	if !bytes.Equal(a, b) {
 		t.Fatal("content differs")
 	}
+	// CopyIn is the same copy in one call.
+	fi, err := CopyIn(dir, "ram2", RoleRAM, ChunkerRAM, src, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Name != "ram2" || fi.Size != fe.Size || fi.BLAKE3 != fe.BLAKE3 || fi.Role != RoleRAM || fi.Chunker != ChunkerRAM {
+		t.Fatalf("CopyIn: %+v, want %+v under ram2", fi, fe)
+	}
+	if err := VerifyFile(dir, fi, nil); err != nil {
+		t.Fatal(err)
+	}
+	// A missing source leaves nothing behind; an existing name is refused.
+	if _, err := CopyIn(dir, "ram3", RoleRAM, ChunkerRAM, src+".missing", nil); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("CopyIn of a missing file: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "ram3")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatal("CopyIn of a missing file left a file")
+	}
+	if _, err := CopyIn(dir, "ram2", RoleRAM, ChunkerRAM, src, nil); !errors.Is(err, os.ErrExist) {
+		t.Fatalf("CopyIn over an existing file: %v", err)
+	}
 }
 
 // TestVerifyFile checks one sparse file: holes are hashed without being

@@ -370,6 +370,27 @@ func CopyOut(dir string, want File, dst string, p Progress) (err error) {
 	return out.Truncate(off)
 }
 
+// CopyIn copies the local file src into the snapshot directory as dir/name,
+// sparsely (holes and all-zero blocks stay holes), hashing it on the way,
+// and returns its manifest entry: the mirror of CopyOut. The file is
+// fsynced when CopyIn returns; on failure it is removed.
+func CopyIn(dir, name, role, chunker, src string, p Progress) (File, error) {
+	in, err := os.Open(src)
+	if err != nil {
+		return File{}, err
+	}
+	defer in.Close()
+	w, err := CreateFile(dir, name, role, chunker, p)
+	if err != nil {
+		return File{}, err
+	}
+	if err := w.CopySparseFrom(in); err != nil {
+		w.Abort()
+		return File{}, err
+	}
+	return w.Commit()
+}
+
 var zeroBlock = make([]byte, 4096)
 
 // writeSparse writes b at off, skipping all-zero 4 KiB blocks.

@@ -470,7 +470,7 @@ func (m *Machine) Save(ctx context.Context, dir string, p hypervisor.Progress) (
 			return hypervisor.Saved{}, fmt.Errorf("ram: %w", err)
 		}
 		p.Start("ram", fi.Size())
-		f, err = copyIn(dir, fileRAM, hypervisor.RoleRAM, hypervisor.ChunkerRAM, ramPath, p)
+		f, err = hypervisor.CopyIn(dir, fileRAM, hypervisor.RoleRAM, hypervisor.ChunkerRAM, ramPath, p)
 		if err != nil {
 			return hypervisor.Saved{}, fmt.Errorf("ram: %w", err)
 		}
@@ -512,7 +512,7 @@ func (m *Machine) Save(ctx context.Context, dir string, p hypervisor.Progress) (
 			return hypervisor.Saved{}, fmt.Errorf("disk %s: %w", b.Device, err)
 		}
 		p.Start("disk "+b.Device, fi.Size())
-		f, err := copyIn(dir, name, hypervisor.RoleDisk, hypervisor.ChunkerForCluster(in.Image.ClusterSize), local, p)
+		f, err := hypervisor.CopyIn(dir, name, hypervisor.RoleDisk, hypervisor.ChunkerForCluster(in.Image.ClusterSize), local, p)
 		if err != nil {
 			return hypervisor.Saved{}, fmt.Errorf("disk %s: %w", b.Device, err)
 		}
@@ -536,24 +536,6 @@ func sanitize(s string) string {
 		}
 		return '_'
 	}, s)
-}
-
-// copyIn copies a local file into the snapshot, sparsely.
-func copyIn(dir, name, role, chunker, src string, p hypervisor.Progress) (hypervisor.File, error) {
-	in, err := os.Open(src)
-	if err != nil {
-		return hypervisor.File{}, err
-	}
-	defer in.Close()
-	w, err := hypervisor.CreateFile(dir, name, role, chunker, p)
-	if err != nil {
-		return hypervisor.File{}, err
-	}
-	if err := w.CopySparseFrom(in); err != nil {
-		w.Abort()
-		return hypervisor.File{}, err
-	}
-	return w.Commit()
 }
 
 // migrateToFile runs a migration into a pipe and copies the stream into

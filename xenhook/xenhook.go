@@ -183,26 +183,14 @@ func (m *Machine) Save(ctx context.Context, dir string, p hypervisor.Progress) (
 		if len(m.cfg.Disks) > 1 {
 			name = "disk-" + d.Vdev + ".qcow2"
 		}
-		in, err := os.Open(d.Path)
+		fi, err := os.Stat(d.Path)
 		if err != nil {
 			return hypervisor.Saved{}, fmt.Errorf("disk %s: %w", d.Vdev, err)
 		}
-		fi, _ := in.Stat()
 		p.Start("disk "+d.Vdev, fi.Size())
-		dw, err := hypervisor.CreateFile(dir, name, hypervisor.RoleDisk, hypervisor.ChunkerForCluster(65536), p)
+		f, err := hypervisor.CopyIn(dir, name, hypervisor.RoleDisk, hypervisor.ChunkerForCluster(65536), d.Path, p)
 		if err != nil {
-			in.Close()
-			return hypervisor.Saved{}, err
-		}
-		err = dw.CopySparseFrom(in)
-		in.Close()
-		if err != nil {
-			dw.Abort()
 			return hypervisor.Saved{}, fmt.Errorf("disk %s: %w", d.Vdev, err)
-		}
-		f, err := dw.Commit()
-		if err != nil {
-			return hypervisor.Saved{}, err
 		}
 		files = append(files, f)
 		cfg.DiskFiles[d.Vdev] = name
