@@ -110,6 +110,7 @@ type BadgerStore struct {
 var (
 	_ PruneStore = (*BadgerStore)(nil)
 	_ StatStore  = (*BadgerStore)(nil)
+	_ UsageStore = (*BadgerStore)(nil)
 )
 
 // ErrClosed is returned by operations on a closed store.
@@ -619,6 +620,21 @@ func (s *BadgerStore) Stats() Stats {
 	s.statsMu.Lock()
 	defer s.statsMu.Unlock()
 	return s.stats
+}
+
+// Usage implements UsageStore: the counters that Put and Delete keep
+// (each transaction that adds or removes a chunk updates them once it has
+// committed; a conflicting concurrent Put or Delete of the same chunk is
+// retried, so a chunk is counted once), which OpenBadger counts.
+func (s *BadgerStore) Usage(ctx context.Context) (Usage, error) {
+	if err := ctx.Err(); err != nil {
+		return Usage{}, err
+	}
+	if err := s.enter(); err != nil {
+		return Usage{}, err
+	}
+	defer s.leave()
+	return s.Stats().usage(), nil
 }
 
 // Syncs is the number of syncs Put and Delete have run (each shared by

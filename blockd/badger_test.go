@@ -24,7 +24,28 @@ func openBadger(t testing.TB, dir string) *blockd.BadgerStore {
 }
 
 func TestBadgerConformance(t *testing.T) {
-	storetest.Run(t, func(t *testing.T) blockd.PruneStore { return openBadger(t, t.TempDir()) })
+	var mu sync.Mutex
+	dirs := map[blockd.PruneStore]string{}
+	storetest.RunOptions(t, func(t *testing.T) blockd.PruneStore {
+		dir := t.TempDir()
+		s := openBadger(t, dir)
+		mu.Lock()
+		dirs[s] = dir
+		mu.Unlock()
+		return s
+	}, storetest.Options{Reopen: func(t *testing.T, s blockd.PruneStore) blockd.PruneStore {
+		mu.Lock()
+		dir := dirs[s]
+		mu.Unlock()
+		if err := s.(*blockd.BadgerStore).Close(); err != nil {
+			t.Fatal(err)
+		}
+		s2 := openBadger(t, dir)
+		mu.Lock()
+		dirs[s2] = dir
+		mu.Unlock()
+		return s2
+	}})
 }
 
 func TestBadgerReopen(t *testing.T) {

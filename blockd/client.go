@@ -35,7 +35,10 @@ type Client struct {
 	MaxRequestBytes int
 }
 
-var _ PruneStore = (*Client)(nil)
+var (
+	_ PruneStore = (*Client)(nil)
+	_ UsageStore = (*Client)(nil)
+)
 
 // NewClient returns a client of the server at baseURL (e.g.
 // "http://127.0.0.1:7001"). hc may be nil for http.DefaultClient.
@@ -77,6 +80,8 @@ func (e *StatusError) Unwrap() error {
 		return cas.ErrTokenExpired
 	case ReasonTokenScope:
 		return cas.ErrTokenScope
+	case ReasonUnsupported:
+		return errors.ErrUnsupported
 	}
 	return nil
 }
@@ -404,4 +409,20 @@ func (c *Client) List(ctx context.Context, fn func(ChunkInfo) error) error {
 			return err
 		}
 	}
+}
+
+// Usage implements UsageStore: the server store's Usage (needs a token
+// granting cas.OpDelete, like List). A server whose store keeps none
+// answers an error wrapping errors.ErrUnsupported.
+func (c *Client) Usage(ctx context.Context) (Usage, error) {
+	resp, err := c.do(ctx, cas.OpDelete, "GET", "/v1/usage", nil)
+	if err != nil {
+		return Usage{}, err
+	}
+	defer resp.Body.Close()
+	var u Usage
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&u); err != nil {
+		return Usage{}, fmt.Errorf("blockd: usage response: %w", err)
+	}
+	return u, nil
 }

@@ -3,6 +3,7 @@ package blockd
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -34,6 +35,7 @@ type MemStore struct {
 var (
 	_ PruneStore = (*MemStore)(nil)
 	_ StatStore  = (*MemStore)(nil)
+	_ UsageStore = (*MemStore)(nil)
 )
 
 // NewMemStore returns an empty in-memory store.
@@ -130,6 +132,31 @@ func (m *MemStore) Stats() Stats {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
 	return m.stats
+}
+
+// Usage implements UsageStore from the counters Put and Delete keep.
+func (m *MemStore) Usage(ctx context.Context) (Usage, error) {
+	if err := ctx.Err(); err != nil {
+		return Usage{}, err
+	}
+	return m.Stats().usage(), nil
+}
+
+// usage converts totals to a Usage. A count below zero (possible for an
+// instant while a Put and a Delete of the same chunk update the counters in
+// the other order) reads as zero.
+func (s Stats) usage() Usage {
+	return Usage{Chunks: uint64(max(s.Chunks, 0)), EncodedBytes: uint64(max(s.EncodedBytes, 0))}
+}
+
+// UsageOf asks s for its Usage; a store that does not keep one is an error
+// wrapping errors.ErrUnsupported. Decorators pass Usage through with it.
+func UsageOf(ctx context.Context, s any) (Usage, error) {
+	us, ok := s.(UsageStore)
+	if !ok {
+		return Usage{}, fmt.Errorf("blockd: %T does not report usage: %w", s, errors.ErrUnsupported)
+	}
+	return us.Usage(ctx)
 }
 
 // add counts (sign 1) or uncounts (sign -1) one encoded chunk.

@@ -1,6 +1,8 @@
 package blockd
 
 import (
+	"context"
+
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -44,6 +46,19 @@ func newMetrics(store Store) *metrics {
 		gauge("blockd_chunks", "Distinct chunks stored.", func(s Stats) int64 { return s.Chunks })
 		gauge("blockd_stored_raw_bytes", "Raw (decoded) bytes of the stored chunks.", func(s Stats) int64 { return s.RawBytes })
 		gauge("blockd_stored_encoded_bytes", "Encoded bytes of the stored chunks.", func(s Stats) int64 { return s.EncodedBytes })
+	} else if us, ok := store.(UsageStore); ok {
+		// Stores that count only what Usage reports (no raw sizes).
+		gauge := func(name, help string, f func(Usage) uint64) {
+			m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, func() float64 {
+				u, err := us.Usage(context.Background())
+				if err != nil {
+					return -1
+				}
+				return float64(f(u))
+			}))
+		}
+		gauge("blockd_chunks", "Distinct chunks stored.", func(u Usage) uint64 { return u.Chunks })
+		gauge("blockd_stored_encoded_bytes", "Encoded bytes of the stored chunks.", func(u Usage) uint64 { return u.EncodedBytes })
 	}
 	if sc, ok := store.(interface{ Syncs() int64 }); ok {
 		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{

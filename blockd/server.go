@@ -72,6 +72,7 @@ func (c *ServerConfig) Validate() error {
 //	POST /v1/get         get     ID list in, frames of the stored ones out (input order)
 //	POST /v1/delete      delete  ID list in (metad's garbage collector only)
 //	GET  /v1/list        delete  listing of every chunk, in ID order
+//	GET  /v1/usage       delete  JSON Usage {"chunks", "encoded_bytes"} (admin read, like list)
 //	GET  /healthz, GET /metrics  no token
 //
 // Put is streamed: frames are read in bounded batches (BatchBytes); one
@@ -87,7 +88,8 @@ func (c *ServerConfig) Validate() error {
 // Errors are JSON {"error", "reason", "chunk"?, "stored"?} with status 400
 // (bad-frame, bad-request), 401 (token-malformed, token-unknown-key,
 // token-forged, token-expired), 403 (token-scope), 404 (not-found), 413
-// (too-large), 422 (hash-mismatch, corrupt), 507 (no-space) or 500 (store).
+// (too-large), 422 (hash-mismatch, corrupt), 501 (unsupported: the store
+// keeps no Usage), 507 (no-space) or 500 (store).
 type Server struct {
 	cfg   ServerConfig
 	store WriteStore
@@ -117,6 +119,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	s.route("POST /v1/get", "getmany", cas.OpGet, s.handleGetMany)
 	s.route("POST /v1/delete", "delete", cas.OpDelete, s.handleDelete)
 	s.route("GET /v1/list", "list", cas.OpDelete, s.handleList)
+	s.route("GET /v1/usage", "usage", cas.OpDelete, s.handleUsage)
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")
 		io.WriteString(w, "ok\n")
@@ -147,6 +150,7 @@ const (
 	ReasonTokenForged    = "token-forged"
 	ReasonTokenExpired   = "token-expired"
 	ReasonTokenScope     = "token-scope"
+	ReasonUnsupported    = "unsupported"
 )
 
 // statusWriter records the status code for metrics.
@@ -232,6 +236,8 @@ func classify(err error) (int, string) {
 		return http.StatusInsufficientStorage, ReasonNoSpace
 	case errors.Is(err, errBadRequest):
 		return http.StatusBadRequest, ReasonBadRequest
+	case errors.Is(err, errors.ErrUnsupported):
+		return http.StatusNotImplemented, ReasonUnsupported
 	}
 	return http.StatusInternalServerError, ReasonStore
 }
@@ -379,6 +385,16 @@ func (s *Server) handleList(w http.ResponseWriter, r *http.Request, _ cas.Claims
 	}
 	s.log.Error("list stream aborted", "err", err)
 	panic(http.ErrAbortHandler)
+}
+
+// handleUsage answers the store's Usage, or 501 if it keeps none.
+func (s *Server) handleUsage(w http.ResponseWriter, r *http.Request, _ cas.Claims) {
+	u, err := UsageOf(r.Context(), s.store)
+	if err != nil {
+		s.fail(w, r, err, nil)
+		return
+	}
+	writeJSON(w, http.StatusOK, u)
 }
 
 // handlePut runs a put as three stages on their own goroutines, so that

@@ -10,7 +10,9 @@ import (
 // Verify returns a WriteStore that decodes and re-hashes every chunk of a
 // Put before storing any of it: a batch with one bad chunk stores nothing
 // and returns that chunk's *RejectError. If s is a PruneStore, so is the
-// result (assert it). Reads pass through unchecked.
+// result (assert it). Reads pass through unchecked. The result is always a
+// UsageStore; its Usage is s's, or an error wrapping errors.ErrUnsupported
+// if s keeps none.
 func Verify(s WriteStore) WriteStore {
 	v := verifyStore{WriteStore: s}
 	if p, ok := s.(PruneStore); ok {
@@ -26,7 +28,11 @@ type verifyPruneStore struct {
 	p PruneStore
 }
 
-var _ PruneStore = verifyPruneStore{}
+var (
+	_ PruneStore = verifyPruneStore{}
+	_ UsageStore = verifyStore{}
+	_ UsageStore = verifyPruneStore{}
+)
 
 // scratch holds decode buffers for verification (up to cas.MaxChunkSize).
 var scratch = sync.Pool{New: func() any { return new([]byte) }}
@@ -50,3 +56,6 @@ func (v verifyPruneStore) Delete(ctx context.Context, ids []cas.ChunkID) error {
 func (v verifyPruneStore) List(ctx context.Context, fn func(ChunkInfo) error) error {
 	return v.p.List(ctx, fn)
 }
+
+// Usage passes through to the wrapped store.
+func (v verifyStore) Usage(ctx context.Context) (Usage, error) { return UsageOf(ctx, v.WriteStore) }

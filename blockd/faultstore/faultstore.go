@@ -25,6 +25,7 @@ const (
 	OpPut     Op = "put"
 	OpDelete  Op = "delete"
 	OpList    Op = "list"
+	OpUsage   Op = "usage"
 )
 
 // ErrInjected is wrapped by every injected failure.
@@ -48,7 +49,10 @@ type Store struct {
 	rules map[Op]*rule
 }
 
-var _ blockd.PruneStore = (*Store)(nil)
+var (
+	_ blockd.PruneStore = (*Store)(nil)
+	_ blockd.UsageStore = (*Store)(nil)
+)
 
 // New wraps inner.
 func New(inner blockd.PruneStore) *Store {
@@ -158,4 +162,13 @@ func (s *Store) Stats() blockd.Stats {
 		return ss.Stats()
 	}
 	return blockd.Stats{}
+}
+
+// Usage implements blockd.UsageStore: the wrapped store's usage, an error
+// wrapping errors.ErrUnsupported if it keeps none, or an injected failure.
+func (s *Store) Usage(ctx context.Context) (blockd.Usage, error) {
+	if r := s.check(OpUsage); r != nil {
+		return blockd.Usage{}, r.error(OpUsage)
+	}
+	return blockd.UsageOf(ctx, s.inner)
 }

@@ -22,6 +22,19 @@ import (
 // Run runs the suite. newStore returns an empty store; it registers its own
 // cleanup with t.
 func Run(t *testing.T, newStore func(t *testing.T) blockd.PruneStore) {
+	RunOptions(t, newStore, Options{})
+}
+
+// Options are optional hooks of the suite.
+type Options struct {
+	// Reopen, for a persistent backend, closes s and opens the same store
+	// again (registering cleanup with t). Checks of what must survive a
+	// restart (Usage) use it; without it they check a live store only.
+	Reopen func(t *testing.T, s blockd.PruneStore) blockd.PruneStore
+}
+
+// RunOptions runs the suite with hooks.
+func RunOptions(t *testing.T, newStore func(t *testing.T) blockd.PruneStore, o Options) {
 	tests := []struct {
 		name string
 		fn   func(*testing.T, blockd.PruneStore)
@@ -38,6 +51,8 @@ func Run(t *testing.T, newStore func(t *testing.T) blockd.PruneStore) {
 		{"LargeChunk", testLargeChunk},
 		{"Canceled", testCanceled},
 		{"Stats", testStats},
+		{"Usage", func(t *testing.T, s blockd.PruneStore) { testUsage(t, s, o.Reopen) }},
+		{"UsageConcurrent", testUsageConcurrent},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, newStore(t)) })
@@ -435,4 +450,145 @@ func testStats(t *testing.T, s blockd.PruneStore) {
 	if got := ss.Stats(); got != want {
 		t.Fatalf("Stats = %+v, want %+v", got, want)
 	}
+}
+
+// WantUsage is the Usage of a store holding exactly chunks (distinct IDs).
+func WantUsage(chunks []blockd.Chunk) blockd.Usage {
+	var u blockd.Usage
+	seen := map[cas.ChunkID]bool{}
+	for _, c := range chunks {
+		if !seen[c.ID] {
+			seen[c.ID] = true
+			u.Chunks++
+			u.EncodedBytes += uint64(len(c.Data))
+		}
+	}
+	return u
+}
+
+// CheckUsage fails t unless s reports Usage want, and want is also what s
+// lists (so the counters agree with the stored chunks).
+func CheckUsage(t testing.TB, s blockd.PruneStore, want blockd.Usage, when string) {
+	t.Helper()
+	got, err := blockd.UsageOf(context.Background(), s)
+	if err != nil {
+		t.Fatalf("%s: Usage: %v", when, err)
+	}
+	if got != want {
+		t.Fatalf("%s: Usage = %+v, want %+v", when, got, want)
+	}
+	var listed blockd.Usage
+	for _, info := range ListAll(t, s) {
+		listed.Chunks++
+		listed.EncodedBytes += uint64(info.EncodedSize)
+	}
+	if listed != want {
+		t.Fatalf("%s: the store lists %+v, Usage says %+v", when, listed, want)
+	}
+}
+
+func testUsage(t *testing.T, s blockd.PruneStore, reopen func(*testing.T, blockd.PruneStore) blockd.PruneStore) {
+	if _, ok := s.(blockd.UsageStore); !ok {
+		t.Skipf("%T does not implement UsageStore", s)
+	}
+	ctx := context.Background()
+	CheckUsage(t, s, blockd.Usage{}, "empty store")
+	chunks := Chunks(14, 12, 6000) // half compressed, half raw
+	if err := s.Put(ctx, chunks[:8]); err != nil {
+		t.Fatal(err)
+	}
+	CheckUsage(t, s, WantUsage(chunks[:8]), "after a put")
+	// Duplicates, within a batch and of stored chunks, count once.
+	if err := s.Put(ctx, append([]blockd.Chunk{chunks[0], chunks[8], chunks[0]}, chunks[1:9]...)); err != nil {
+		t.Fatal(err)
+	}
+	CheckUsage(t, s, WantUsage(chunks[:9]), "after a put of duplicates")
+	absent := cas.Sum([]byte("never stored"))
+	if err := s.Delete(ctx, []cas.ChunkID{chunks[2].ID, absent, chunks[2].ID, chunks[5].ID}); err != nil {
+		t.Fatal(err)
+	}
+	held := []blockd.Chunk{chunks[0], chunks[1], chunks[3], chunks[4], chunks[6], chunks[7], chunks[8]}
+	CheckUsage(t, s, WantUsage(held), "after a delete")
+	if err := s.Delete(ctx, []cas.ChunkID{chunks[2].ID, absent, chunks[10].ID}); err != nil {
+		t.Fatal(err)
+	}
+	CheckUsage(t, s, WantUsage(held), "after a delete of absent chunks")
+	// A chunk deleted and put again counts again.
+	if err := s.Put(ctx, chunks[5:6]); err != nil {
+		t.Fatal(err)
+	}
+	held = append(held, chunks[5])
+	CheckUsage(t, s, WantUsage(held), "after a put of a deleted chunk")
+	if reopen == nil {
+		return
+	}
+	s = reopen(t, s)
+	CheckUsage(t, s, WantUsage(held), "after reopening")
+	if err := s.Put(ctx, chunks[9:]); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Delete(ctx, IDs(chunks[:2])); err != nil {
+		t.Fatal(err)
+	}
+	held = append(held[2:], chunks[9:]...)
+	CheckUsage(t, s, WantUsage(held), "after a put and a delete on the reopened store")
+	s = reopen(t, s)
+	CheckUsage(t, s, WantUsage(held), "after reopening again")
+}
+
+// testUsageConcurrent races Puts and Deletes of the same chunks: once all
+// have returned, Usage counts what the store holds, each chunk once.
+func testUsageConcurrent(t *testing.T, s blockd.PruneStore) {
+	if _, ok := s.(blockd.UsageStore); !ok {
+		t.Skipf("%T does not implement UsageStore", s)
+	}
+	ctx := context.Background()
+	chunks := Chunks(15, 40, 3000)
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for g := range 6 {
+		wg.Go(func() {
+			r := rand.New(rand.NewPCG(uint64(g), 2))
+			for range 30 {
+				k := r.IntN(len(chunks) - 4)
+				var err error
+				if g%3 == 2 {
+					err = s.Delete(ctx, IDs(chunks[k:k+4]))
+				} else {
+					err = s.Put(ctx, chunks[k:k+4])
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Go(func() { // readers see no absurd values meanwhile
+		for range 50 {
+			u, err := blockd.UsageOf(ctx, s)
+			if err != nil {
+				errs <- err
+				return
+			}
+			if u.Chunks > uint64(len(chunks)) {
+				errs <- fmt.Errorf("Usage during the race = %+v, more than the %d chunks put", u, len(chunks))
+				return
+			}
+		}
+	})
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	byID := map[cas.ChunkID]blockd.Chunk{}
+	for _, c := range chunks {
+		byID[c.ID] = c
+	}
+	var held []blockd.Chunk
+	for _, info := range ListAll(t, s) {
+		held = append(held, byID[info.ID])
+	}
+	CheckUsage(t, s, WantUsage(held), "after racing puts and deletes")
 }
