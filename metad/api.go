@@ -201,14 +201,25 @@ type Snapshots interface {
 }
 
 // Stats are store-wide totals.
+//
+// Inodes, LogicalBytes, Chunks, StoredRaw, HoleBytes and Snapshots are
+// metad's own counts (what is referenced). StoredEncoded and BlockChunks
+// are what the blockd servers report holding (blockd.Usage, summed): every
+// chunk they store, including chunks no longer referenced that garbage
+// collection has not deleted yet, so BlockChunks may exceed Chunks.
+// BlocksUnreported counts the blockd servers that did not answer (down,
+// failing, or keeping no usage; metad logs their names): their share is
+// missing from StoredEncoded and BlockChunks, which are then lower bounds.
 type Stats struct {
-	Inodes        uint64 `json:"inodes"`
-	LogicalBytes  uint64 `json:"logical_bytes"`  // sum of live file sizes
-	Chunks        uint64 `json:"chunks"`         // distinct referenced chunks
-	StoredRaw     uint64 `json:"stored_raw"`     // raw bytes of distinct chunks
-	StoredEncoded uint64 `json:"stored_encoded"` // bytes after compression, when known
-	HoleBytes     uint64 `json:"hole_bytes"`
-	Snapshots     uint64 `json:"snapshots"`
+	Inodes           uint64 `json:"inodes"`
+	LogicalBytes     uint64 `json:"logical_bytes"`  // sum of live file sizes
+	Chunks           uint64 `json:"chunks"`         // distinct referenced chunks
+	StoredRaw        uint64 `json:"stored_raw"`     // raw bytes of distinct chunks
+	StoredEncoded    uint64 `json:"stored_encoded"` // encoded (compressed) bytes blockd holds
+	BlockChunks      uint64 `json:"block_chunks"`   // chunks blockd holds
+	BlocksUnreported int    `json:"blocks_unreported,omitempty"`
+	HoleBytes        uint64 `json:"hole_bytes"`
+	Snapshots        uint64 `json:"snapshots"`
 }
 
 // API is everything metad offers a client.

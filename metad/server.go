@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -93,11 +94,29 @@ func NewServer(api API, cfg ServerConfig) (*Server, error) {
 	if st, ok := api.(interface {
 		Stats(context.Context) (Stats, error)
 	}); ok {
+		// One Stats call (which asks every blockd for its usage) serves
+		// all the gauges of a scrape.
+		var memo struct {
+			sync.Mutex
+			at  time.Time
+			v   Stats
+			err error
+		}
+		stats := func() (Stats, error) {
+			memo.Lock()
+			defer memo.Unlock()
+			if !memo.at.IsZero() && time.Since(memo.at) < time.Second {
+				return memo.v, memo.err
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			memo.v, memo.err = st.Stats(ctx)
+			memo.at = time.Now()
+			return memo.v, memo.err
+		}
 		gauge := func(name, help string, f func(Stats) uint64) {
 			reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, func() float64 {
-				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-				defer cancel()
-				v, err := st.Stats(ctx)
+				v, err := stats()
 				if err != nil {
 					return -1
 				}
@@ -109,6 +128,9 @@ func NewServer(api API, cfg ServerConfig) (*Server, error) {
 		gauge("metad_chunks", "Distinct referenced chunks.", func(v Stats) uint64 { return v.Chunks })
 		gauge("metad_stored_raw_bytes", "Raw bytes of distinct referenced chunks.", func(v Stats) uint64 { return v.StoredRaw })
 		gauge("metad_snapshots", "Snapshots.", func(v Stats) uint64 { return v.Snapshots })
+		gauge("metad_stored_encoded_bytes", "Encoded bytes the blockd servers hold (including garbage not yet collected).", func(v Stats) uint64 { return v.StoredEncoded })
+		gauge("metad_block_chunks", "Chunks the blockd servers hold.", func(v Stats) uint64 { return v.BlockChunks })
+		gauge("metad_blocks_unreported", "blockd servers whose usage the last stats lacked.", func(v Stats) uint64 { return uint64(v.BlocksUnreported) })
 	}
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")

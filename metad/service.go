@@ -116,6 +116,8 @@ type Service struct {
 	openMu sync.Mutex
 	opens  map[Ino]int
 
+	usageDown sync.Map // endpoint name -> true while its blockd usage fails (stats.go)
+
 	stamp    uint64 // start time, the high half of stats delta keys
 	deltaSeq atomic.Uint64
 	deltas   atomic.Int64 // delta keys written since the last compaction (approximate)

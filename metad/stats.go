@@ -3,9 +3,23 @@ package metad
 import (
 	"context"
 	"errors"
+	"sync"
+	"time"
+
+	"stasis/blockd"
 )
 
-// Stats implements API: the base record plus every transaction's delta.
+// usageTimeout bounds how long Stats waits for one blockd's usage: a
+// server that hangs is reported missing rather than stalling Stats (and
+// statfs on every casfs mount).
+var usageTimeout = 3 * time.Second
+
+// Stats implements API: metad's counts are the base record plus every
+// transaction's delta; StoredEncoded and BlockChunks are the sum of the
+// blockd servers' Usage, asked of all of them at once. A server that does
+// not answer within usageTimeout, fails, or keeps no usage is left out and
+// counted in BlocksUnreported (and logged when it starts and stops failing);
+// Stats itself fails only if metad's own store does.
 func (s *Service) Stats(ctx context.Context) (Stats, error) {
 	var d statDelta
 	err := s.st.View(ctx, func(t Txn) error {
@@ -21,7 +35,48 @@ func (s *Service) Stats(ctx context.Context) (Stats, error) {
 			s.log.Warn("stats compaction failed", "err", err)
 		}
 	}
-	return d.stats(), nil
+	st := d.stats()
+	s.addBlockUsage(ctx, &st)
+	if err := ctx.Err(); err != nil {
+		return Stats{}, err
+	}
+	return st, nil
+}
+
+// addBlockUsage adds every blockd's Usage to st.
+func (s *Service) addBlockUsage(ctx context.Context, st *Stats) {
+	type result struct {
+		u   blockd.Usage
+		err error
+	}
+	res := make([]result, len(s.cfg.Blocks))
+	var wg sync.WaitGroup
+	for i, b := range s.cfg.Blocks {
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(ctx, usageTimeout)
+			defer cancel()
+			res[i].u, res[i].err = blockd.UsageOf(ctx, b.Store)
+		})
+	}
+	wg.Wait()
+	if ctx.Err() != nil {
+		return // the caller gave up; say nothing about the servers
+	}
+	for i, r := range res {
+		name := s.cfg.Blocks[i].Endpoint.Name
+		if r.err != nil {
+			st.BlocksUnreported++
+			if _, was := s.usageDown.Swap(name, true); !was {
+				s.log.Warn("blockd usage unavailable: stats leave out its stored bytes", "blockd", name, "err", r.err)
+			}
+			continue
+		}
+		if _, was := s.usageDown.LoadAndDelete(name); was {
+			s.log.Info("blockd usage available again", "blockd", name)
+		}
+		st.StoredEncoded += r.u.EncodedBytes
+		st.BlockChunks += r.u.Chunks
+	}
 }
 
 // sumStats adds up the base and the deltas; with limit > 0 it stops after
