@@ -146,18 +146,27 @@ func (f *FS) retry(ctx context.Context, what string, fn func(ctx context.Context
 
 // Stats combines metad's store-wide totals with this mount's counters.
 type Stats struct {
-	// Store-wide, from metad.
-	LogicalBytes  uint64 `json:"logical_bytes"`
-	StoredRaw     uint64 `json:"stored_raw"`
-	StoredEncoded uint64 `json:"stored_encoded"`
-	Chunks        uint64 `json:"chunks"`
-	HoleBytes     uint64 `json:"hole_bytes"`
-	Inodes        uint64 `json:"inodes"`
-	Snapshots     uint64 `json:"snapshots"`
+	// Store-wide, from metad (see metad.Stats). StoredRaw is the raw size
+	// of the distinct chunks files and snapshots reference; StoredEncoded
+	// is what the blockd servers hold, compressed, including chunks no
+	// longer referenced that garbage collection has not deleted yet
+	// (BlockChunks then exceeds Chunks). BlocksUnreported > 0 means that
+	// many blockd servers did not answer and StoredEncoded lacks their share.
+	LogicalBytes     uint64 `json:"logical_bytes"`
+	StoredRaw        uint64 `json:"stored_raw"`
+	StoredEncoded    uint64 `json:"stored_encoded"`
+	Chunks           uint64 `json:"chunks"`
+	BlockChunks      uint64 `json:"block_chunks"`
+	BlocksUnreported int    `json:"blocks_unreported,omitempty"`
+	HoleBytes        uint64 `json:"hole_bytes"`
+	Inodes           uint64 `json:"inodes"`
+	Snapshots        uint64 `json:"snapshots"`
 	// DedupRatio is logical non-hole bytes over distinct stored raw bytes.
 	DedupRatio float64 `json:"dedup_ratio"`
-	// CompressionRatio is stored raw over stored encoded bytes.
-	CompressionRatio float64 `json:"compression_ratio,omitempty"` // when metad knows encoded sizes
+	// CompressionRatio is stored raw over stored encoded bytes; absent
+	// when nothing is stored or a blockd did not report. Garbage awaiting
+	// collection counts in the encoded bytes only, so it reads low then.
+	CompressionRatio float64 `json:"compression_ratio,omitempty"`
 
 	// Since this mount started.
 	Mount MountStats `json:"mount"`
@@ -189,12 +198,13 @@ func (f *FS) Stats(ctx context.Context) (Stats, error) {
 	}
 	s := Stats{
 		LogicalBytes: ms.LogicalBytes, StoredRaw: ms.StoredRaw, StoredEncoded: ms.StoredEncoded,
-		Chunks: ms.Chunks, HoleBytes: ms.HoleBytes, Inodes: ms.Inodes, Snapshots: ms.Snapshots,
+		Chunks: ms.Chunks, BlockChunks: ms.BlockChunks, BlocksUnreported: ms.BlocksUnreported,
+		HoleBytes: ms.HoleBytes, Inodes: ms.Inodes, Snapshots: ms.Snapshots,
 	}
 	if ms.StoredRaw > 0 && ms.LogicalBytes > ms.HoleBytes {
 		s.DedupRatio = float64(ms.LogicalBytes-ms.HoleBytes) / float64(ms.StoredRaw)
 	}
-	if ms.StoredEncoded > 0 {
+	if ms.StoredEncoded > 0 && ms.BlocksUnreported == 0 {
 		s.CompressionRatio = float64(ms.StoredRaw) / float64(ms.StoredEncoded)
 	}
 	c := &f.stats

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -96,6 +97,50 @@ func startMountArgs(t testing.TB, bin, mnt string, args ...string) *mountProc {
 		time.Sleep(50 * time.Millisecond)
 	}
 	return &mountProc{Cmd: cmd, Exited: exited}
+}
+
+// compressibleData returns n bytes of distinct log lines: LZ4 shrinks
+// them several times, and no two 64 KiB chunks are equal.
+func compressibleData(n int) []byte {
+	var b bytes.Buffer
+	for i := 0; b.Len() < n; i++ {
+		fmt.Fprintf(&b, "%08d node-%d swapped out memory in %d ms\n", i, i%7, i*13%1000)
+	}
+	return b.Bytes()[:n]
+}
+
+// cliStats is the part of `casfs stats` output the tests check.
+type cliStats struct {
+	Logical          uint64  `json:"logical_bytes"`
+	StoredRaw        uint64  `json:"stored_raw"`
+	StoredEncoded    uint64  `json:"stored_encoded"`
+	Chunks           uint64  `json:"chunks"`
+	BlockChunks      uint64  `json:"block_chunks"`
+	BlocksUnreported int     `json:"blocks_unreported"`
+	CompressionRatio float64 `json:"compression_ratio"`
+	Mount            struct {
+		Written uint64 `json:"bytes_written"`
+	} `json:"mount"`
+}
+
+// checkStoredBytes checks the stored sizes of a store holding raw distinct
+// bytes of which at least incompressible do not shrink.
+func checkStoredBytes(t *testing.T, st cliStats, raw, incompressible uint64) {
+	t.Helper()
+	t.Logf("stored raw %d, encoded %d, ratio %.3f, chunks %d, blockd holds %d",
+		st.StoredRaw, st.StoredEncoded, st.CompressionRatio, st.Chunks, st.BlockChunks)
+	if st.StoredRaw != raw || st.StoredEncoded == 0 || st.StoredEncoded >= st.StoredRaw ||
+		st.StoredEncoded < incompressible || st.BlocksUnreported != 0 {
+		t.Errorf("stored raw %d, encoded %d (unreported blockds %d); want raw %d, encoded in [%d, %d)",
+			st.StoredRaw, st.StoredEncoded, st.BlocksUnreported, raw, incompressible, raw)
+	}
+	if st.Chunks == 0 || st.BlockChunks != st.Chunks {
+		t.Errorf("chunks %d, blockd holds %d; want the same, non-zero", st.Chunks, st.BlockChunks)
+	}
+	want := float64(st.StoredRaw) / float64(st.StoredEncoded)
+	if st.CompressionRatio <= 1 || st.CompressionRatio < want*0.999 || st.CompressionRatio > want*1.001 {
+		t.Errorf("compression ratio %v, want %v", st.CompressionRatio, want)
+	}
 }
 
 func randData(seed uint64, n int) []byte {
@@ -193,6 +238,10 @@ func TestCLI(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(mnt, "exp/f"), randData(9, 200000), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	text := compressibleData(1 << 20)
+	if err := os.WriteFile(filepath.Join(mnt, "exp/log"), text, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	run := func(args ...string) string {
 		t.Helper()
 		out, err := exec.Command(bin, args...).CombinedOutput()
@@ -201,18 +250,18 @@ func TestCLI(t *testing.T) {
 		}
 		return string(out)
 	}
-	var st struct {
-		Logical uint64 `json:"logical_bytes"`
-		Mount   struct {
-			Written uint64 `json:"bytes_written"`
-		} `json:"mount"`
-	}
+	var st cliStats
 	if err := json.Unmarshal([]byte(run("stats", mnt)), &st); err != nil {
 		t.Fatal(err)
 	}
-	if st.Logical != 200000 || st.Mount.Written != 200000 {
+	const logical = 200000 + 1<<20
+	if st.Logical != logical || st.Mount.Written != logical {
 		t.Errorf("stats: %+v", st)
 	}
+	// Bytes stored, raw and compressed (embedded mode: metad asks its
+	// in-process block store): the random file does not shrink, the text
+	// does.
+	checkStoredBytes(t, st, logical, 200000)
 	run("snapshot", filepath.Join(mnt, "exp"), "s1")
 	if got := run("snapshot", "--list", filepath.Join(mnt, "exp")); got != "s1\n" {
 		t.Errorf("snapshot --list: %q", got)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -76,4 +77,19 @@ func TestDaemonBinaries(t *testing.T) {
 	if err != nil || !bytes.Equal(got, data) {
 		t.Fatalf("node b read %d bytes (%v), want node a's %d", len(got), err, len(data))
 	}
+
+	// `casfs stats` shows what blockd holds, compressed, as metad learns
+	// it from blockd's /v1/usage.
+	if err := os.WriteFile(filepath.Join(a, "log"), compressibleData(1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(casfsBin, "stats", b).CombinedOutput()
+	if err != nil {
+		t.Fatalf("casfs stats: %v\n%s", err, out)
+	}
+	var st cliStats
+	if err := json.Unmarshal(out, &st); err != nil {
+		t.Fatalf("casfs stats output: %v\n%s", err, out)
+	}
+	checkStoredBytes(t, st, uint64(len(data))+1<<20, uint64(len(data)))
 }
