@@ -153,6 +153,7 @@ const maxRememberedGens = 1 << 16
 type Handle struct {
 	in       *inode
 	writable bool
+	created  atomic.Bool // the open created the file and no flush has made that durable yet
 	released atomic.Bool
 	lastEnd  atomic.Uint64 // end of the previous read, for sequential detection
 	raEnd    atomic.Uint64 // read-ahead issued up to here
@@ -560,16 +561,45 @@ func (f *FS) readAhead(plan *metad.ReadPlan, off uint64, raEnd *atomic.Uint64) {
 	}
 }
 
+// MarkCreated records that this open created the file (O_CREAT made it):
+// the first Flush then makes the file durable even if nothing was written.
+func (h *Handle) MarkCreated() { h.created.Store(true) }
+
 // Flush commits the file's unflushed writes; it returns when the content
-// and manifest are durable.
+// and manifest are durable. A commit syncs metad, which makes every earlier
+// namespace change durable too (the file's creation, renames, attributes).
+// Without writes to commit, Flush syncs metad only when this open created
+// the file, so that a file created and closed empty is durable at close like
+// any other: a remount after a power loss shows every file as it was last
+// successfully closed. Namespace changes made after the close (a rename, a
+// chmod) are durable at the next fsync, commit or metad's background flush
+// (within about a second).
 func (h *Handle) Flush(ctx context.Context) error {
-	h.in.mu.Lock()
-	defer h.in.mu.Unlock()
-	return h.in.flushLocked(ctx)
+	return h.flush(ctx, h.created.Load())
 }
 
-// Fsync is Flush.
-func (h *Handle) Fsync(ctx context.Context) error { return h.Flush(ctx) }
+// Fsync is Flush that always makes the file's metadata durable: with no
+// writes to commit it syncs metad, so attribute changes, the file's name and
+// everything else changed before are on disk when it returns.
+func (h *Handle) Fsync(ctx context.Context) error { return h.flush(ctx, true) }
+
+func (h *Handle) flush(ctx context.Context, syncMeta bool) error {
+	in := h.in
+	in.mu.Lock()
+	commits := in.w != nil && in.w.changed && in.w.err == nil
+	err := in.flushLocked(ctx)
+	in.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if !commits && syncMeta {
+		if err := in.fs.SyncMeta(ctx); err != nil {
+			return err
+		}
+	}
+	h.created.Store(false)
+	return nil
+}
 
 // Release closes the handle. Unflushed writes are committed first; an error
 // doing so is returned (and logged) and the writes are dropped.

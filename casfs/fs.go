@@ -334,6 +334,13 @@ func (f *FS) Sync(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
+// SyncMeta makes every namespace change metad acknowledged so far durable
+// against power loss (metad.API Sync); fsync of a directory and of a file
+// without writes to commit call it.
+func (f *FS) SyncMeta(ctx context.Context) error {
+	return f.retry(ctx, "sync", func(ctx context.Context) error { return f.meta.Sync(ctx) })
+}
+
 // Snapshot commits this mount's unflushed writes (so the snapshot holds
 // everything written here so far), then snapshots live directory dir.
 func (f *FS) Snapshot(ctx context.Context, dir metad.Ino, name string) (metad.Snapshot, error) {

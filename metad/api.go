@@ -223,11 +223,24 @@ type Stats struct {
 }
 
 // API is everything metad offers a client.
+//
+// Durability: every call that returns success has committed its change, and
+// the change survives metad's process being killed. Against a power loss or
+// kernel crash, Commit, CreateSnapshot and DeleteSnapshot are durable when
+// they return; namespace changes (Create, SetAttr, Rename, Unlink, SetXattr,
+// ...) may be committed without a disk sync, depending on the store's mode
+// (metad.SyncMode), and become durable at the next of: a Sync, a Commit or
+// snapshot call (each syncs everything before it), or the store's
+// background flush (default within 1 s). Whatever a crash loses is a suffix
+// of whole changes: the store never shows half a change.
 type API interface {
 	Namespace
 	Content
 	Snapshots
 	Stats(ctx context.Context) (Stats, error)
+	// Sync returns when every change acknowledged before the call is durable
+	// against power loss (casfs calls it for fsync and fsyncdir).
+	Sync(ctx context.Context) error
 }
 
 // Errors. The HTTP adapter maps them to status codes and back, so a client

@@ -252,6 +252,11 @@ func (c *Client) Stats(ctx context.Context) (Stats, error) {
 	return s, c.call(ctx, "stats", empty{}, &s)
 }
 
+// Sync implements API.
+func (c *Client) Sync(ctx context.Context) error {
+	return c.call(ctx, "sync", empty{}, &empty{})
+}
+
 // GC asks metad for a garbage collection pass and returns the number of
 // chunks it deleted.
 func (c *Client) GC(ctx context.Context) (int, error) {

@@ -183,7 +183,21 @@ func (s *Service) unhold(ids []cas.ChunkID) {
 // batches through a pending record and swapped in one last transaction, and
 // rolled back if it fails (see batch.go). Either way the file is its old or
 // its new content at every moment, also across a crash.
+//
+// A commit is durable when Commit returns: it syncs the store (Sync), which
+// also makes every namespace change before it durable.
 func (s *Service) Commit(ctx context.Context, req CommitRequest) (Attr, error) {
+	a, err := s.commit(ctx, req)
+	if err != nil {
+		return Attr{}, err
+	}
+	if err := s.Sync(context.WithoutCancel(ctx)); err != nil {
+		return Attr{}, fmt.Errorf("metad: commit of inode %d written but not synced: %w", req.Ino, err)
+	}
+	return a, nil
+}
+
+func (s *Service) commit(ctx context.Context, req CommitRequest) (Attr, error) {
 	m := req.Manifest
 	if err := m.Validate(); err != nil {
 		return Attr{}, fmt.Errorf("%w: %v", ErrInvalid, err)

@@ -147,6 +147,12 @@ func (s *Service) collect(ctx context.Context, dead []cas.ChunkID) (int, error) 
 	if err != nil || len(gone) == 0 {
 		return 0, err
 	}
+	// The dead set may come from namespace changes not yet synced (an
+	// unlink); were they lost to a power loss after blockd deleted the
+	// chunks, files would come back naming deleted chunks.
+	if err := s.Sync(ctx); err != nil {
+		return 0, err
+	}
 	groups := make([][]cas.ChunkID, len(s.endpoints))
 	for _, id := range gone {
 		i := s.Place(id)
@@ -338,6 +344,9 @@ func (s *Service) sweepBatch(ctx context.Context, ep int, ids []cas.ChunkID) (in
 		return nil
 	})
 	if err != nil || len(gone) == 0 {
+		return 0, err
+	}
+	if err := s.Sync(ctx); err != nil { // see collect
 		return 0, err
 	}
 	if err := s.cfg.Blocks[ep].Store.Delete(ctx, gone); err != nil {

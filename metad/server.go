@@ -267,6 +267,7 @@ func (s *Server) routes() {
 		return empty{}, a.DeleteSnapshot(ctx, r.Dir, r.Name)
 	})
 	handle(s, "stats", func(ctx context.Context, r *empty) (any, error) { return a.Stats(ctx) })
+	handle(s, "sync", func(ctx context.Context, r *empty) (any, error) { return empty{}, a.Sync(ctx) })
 	if g, ok := a.(gcer); ok {
 		handle(s, "gc", func(ctx context.Context, r *gcReq) (any, error) {
 			var resp gcResp

@@ -212,6 +212,21 @@ func (s *Service) Close() error {
 	return err
 }
 
+// Sync implements API: it returns when every change acknowledged before the
+// call is durable against power loss. With a store that syncs every
+// transaction (SyncAll) or never (SyncNone, MemStore) it returns at once.
+func (s *Service) Sync(ctx context.Context) error {
+	y, ok := s.st.(Syncer)
+	if !ok {
+		return nil
+	}
+	if err := y.Sync(ctx); err != nil {
+		s.log.Error("store sync failed", "err", err)
+		return err
+	}
+	return nil
+}
+
 // Store returns the underlying store (for fsck and tests).
 func (s *Service) Store() Store { return s.st }
 

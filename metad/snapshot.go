@@ -96,6 +96,9 @@ func (s *Service) CreateSnapshot(ctx context.Context, dir Ino, name string) (Sna
 		}
 		return Snapshot{}, err
 	}
+	if err := s.Sync(context.WithoutCancel(ctx)); err != nil {
+		return Snapshot{}, fmt.Errorf("metad: snapshot %d written but not synced: %w", id, err)
+	}
 	s.log.Info("snapshot created", "snap", id, "dir", dir, "name", name)
 	return rec.snapshot(id), nil
 }
@@ -262,6 +265,9 @@ func (s *Service) DeleteSnapshot(ctx context.Context, dir Ino, name string) erro
 	})
 	if err != nil {
 		return err
+	}
+	if err := s.Sync(context.WithoutCancel(ctx)); err != nil {
+		return fmt.Errorf("metad: deletion of snapshot %d written but not synced: %w", id, err)
 	}
 	if err := s.purgeSnapshot(ctx, id); err != nil {
 		s.log.Warn("snapshot deletion interrupted; GC or the next start finishes it", "snap", id, "err", err)

@@ -45,6 +45,21 @@ type Txn interface {
 	Iterate(prefix, start []byte, fn func(key, val []byte) error) error
 }
 
+// Syncer is the rung of a Store whose transactions can commit before they
+// are durable against power loss (BadgerStore in SyncCommits mode).
+//
+// Contract: Sync returns nil only when every transaction whose Update
+// returned before Sync was called is durable (on stable storage, surviving a
+// machine crash), together with everything the store holds that was written
+// earlier. A store that syncs every transaction, or never syncs (a test or
+// scratch store), returns nil at once. After a failed Sync the store cannot
+// tell which writes reached the disk, so implementations keep the error and
+// fail every later Sync too. Safe for concurrent use; concurrent calls share
+// one disk sync where they can.
+type Syncer interface {
+	Sync(ctx context.Context) error
+}
+
 // Store errors.
 var (
 	ErrNoKey     = errors.New("metad store: key not found")

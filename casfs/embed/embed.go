@@ -30,9 +30,11 @@ type Config struct {
 	Logger *slog.Logger
 	// Policy is metad's default chunker policy (zero: metad's default).
 	Policy cas.Policy
-	// NoSync turns off metad's fsync per transaction (faster; a commit
-	// then survives a process crash but not a power loss). blockd always
-	// syncs chunk puts.
+	// NoSync turns off metad's fsyncs (metad.SyncNone: a commit then
+	// survives a process crash but not a power loss). Otherwise metad runs
+	// in metad.SyncCommits mode: content commits, snapshots and fsync are
+	// synced, other namespace changes within a second. blockd always syncs
+	// chunk puts.
 	NoSync bool
 	// Small shrinks badger's memory (tests, small machines).
 	Small bool
@@ -70,7 +72,10 @@ func Open(cfg Config) (*Stores, error) {
 	// manifest it can commit (one file's commit is one transaction). 128 MiB
 	// commits a 4 GiB file of unique data in 64 KiB chunks; it costs about
 	// that much heap.
-	bo := metad.BadgerOptions{SyncWrites: !cfg.NoSync, Logger: cfg.Logger, MemTableSize: 128 << 20}
+	bo := metad.BadgerOptions{Sync: metad.SyncCommits, Logger: cfg.Logger, MemTableSize: 128 << 20}
+	if cfg.NoSync {
+		bo.Sync = metad.SyncNone
+	}
 	if cfg.Small {
 		bo.BlockCacheSize, bo.IndexCacheSize = 8<<20, 4<<20
 	}

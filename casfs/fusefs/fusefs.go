@@ -202,6 +202,7 @@ var (
 	_ fs.NodeListxattrer   = (*node)(nil)
 	_ fs.NodeRemovexattrer = (*node)(nil)
 	_ fs.NodeStatfser      = (*node)(nil)
+	_ fs.NodeFsyncer       = (*node)(nil)
 )
 
 func (n *node) live() bool { return n.id.Snap == metad.LiveSnap }
@@ -326,6 +327,7 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	if err != nil {
 		return nil, nil, 0, n.r.toErrno("open", err)
 	}
+	h.MarkCreated() // close makes the new file durable even when nothing is written
 	return child, &handle{h: h, r: n.r}, 0, 0
 }
 
@@ -545,6 +547,20 @@ func (h *handle) Flush(ctx context.Context) syscall.Errno {
 
 func (h *handle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 	return h.r.toErrno("fsync", h.h.Fsync(context.WithoutCancel(ctx)))
+}
+
+// Fsync serves fsync(2) on files (through their handle) and fsyncdir(2) on
+// directories: a directory's entries and attributes live in metad, so
+// syncing metad makes them durable. go-fuse calls a node's Fsync before a
+// file handle's.
+func (n *node) Fsync(ctx context.Context, f fs.FileHandle, flags uint32) syscall.Errno {
+	if h, ok := f.(*handle); ok {
+		return h.Fsync(ctx, flags)
+	}
+	if !n.live() {
+		return 0 // snapshots never change
+	}
+	return n.r.toErrno("fsyncdir", n.r.fsys.SyncMeta(context.WithoutCancel(ctx)))
 }
 
 func (h *handle) Release(ctx context.Context) syscall.Errno {

@@ -33,7 +33,7 @@ type serveOptions struct {
 	addrFile   string
 	logLevel   string
 	small      bool
-	sync       bool
+	sync       string
 	gcInterval time.Duration
 	sweep      time.Duration
 	tokenTTL   time.Duration
@@ -58,7 +58,15 @@ shared with blockd and casfs (lines "KEYID HEX64"; create with "blockd keygen").
 Every /v1/ call needs a bearer token with the admin operation for scope
 "metad", minted from the same secret. Garbage collection runs every
 --gc-interval, first after --token-ttl (pins do not survive a restart).
-SIGTERM or SIGINT stops metad gracefully; SIGKILL loses nothing committed.`,
+SIGTERM or SIGINT stops metad gracefully; SIGKILL loses nothing committed.
+
+--sync chooses what survives a power loss. "commits" (default): content
+commits, snapshot creation and deletion, and POST /v1/sync (casfs's fsync and
+fsyncdir) are synced before they return, and each sync covers every change
+before it; other namespace changes (create, mkdir, rename, setattr, ...) are
+synced by a background flush within a second. "all": every change is synced
+before it returns (one fsync each, several times slower for small files).
+"none": nothing is synced; for scratch stores.`,
 		Args:          cobra.NoArgs,
 		SilenceUsage:  true,
 		SilenceErrors: true,
@@ -74,7 +82,7 @@ SIGTERM or SIGINT stops metad gracefully; SIGKILL loses nothing committed.`,
 	f.StringVar(&o.addrFile, "addr-file", "", "write the bound address (host:port) to this file once listening")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.BoolVar(&o.small, "small", false, "use small badger caches and memtables (tests, small machines)")
-	f.BoolVar(&o.sync, "sync", true, "fsync every commit (durable against power loss, not only process crashes)")
+	f.StringVar(&o.sync, "sync", "commits", "when to fsync: commits (content commits, snapshots, client syncs, and namespace changes within a second), all (every change), none (survives process crashes only)")
 	f.DurationVar(&o.gcInterval, "gc-interval", 5*time.Minute, "garbage collection period (0 disables)")
 	f.DurationVar(&o.sweep, "sweep-interval", time.Hour, "period of sweeping every blockd for chunks nothing references (0 disables)")
 	f.DurationVar(&o.tokenTTL, "token-ttl", 10*time.Minute, "life of get/put tokens and of upload pins")
@@ -154,11 +162,15 @@ func runServe(ctx context.Context, o serveOptions) error {
 	if err != nil {
 		return fmt.Errorf("--default-policy: %w", err)
 	}
+	syncMode, err := metad.ParseSyncMode(o.sync)
+	if err != nil {
+		return fmt.Errorf("--sync: %w", err)
+	}
 	hc := &http.Client{Timeout: 2 * time.Minute}
 	cfg := metad.Config{
 		Dir: o.data, Keyring: keys, TokenTTL: o.tokenTTL, GCInterval: o.gcInterval, SweepInterval: o.sweep,
 		DefaultPolicy: policy, Logger: log,
-		Badger: metad.BadgerOptions{SyncWrites: o.sync, Logger: log.With("component", "badger")},
+		Badger: metad.BadgerOptions{Sync: syncMode, Logger: log.With("component", "badger")},
 	}
 	if o.small {
 		cfg.Badger.MemTableSize, cfg.Badger.BlockCacheSize, cfg.Badger.IndexCacheSize, cfg.Badger.ValueLogFileSize = 16<<20, 4<<20, 2<<20, 16<<20
