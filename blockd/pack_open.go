@@ -98,6 +98,19 @@ func OpenStore(cfg StoreConfig) (DiskStore, string, error) {
 	case cfg.Kind != "" && cfg.Kind != have:
 		return nil, "", fmt.Errorf("%w: %s holds a %s store, not %s", ErrStoreKind, cfg.Dir, have, cfg.Kind)
 	}
+	pc := PackConfig{Dir: cfg.Dir, Logger: cfg.Logger, Small: cfg.Small, PackSize: cfg.PackSize,
+		GCInterval: cfg.GCInterval, GCDiscardRatio: cfg.GCDiscardRatio, MinFreeBytes: cfg.MinFreeBytes}
+	bc := BadgerConfig{Dir: cfg.Dir, Logger: cfg.Logger, Small: cfg.Small,
+		GCInterval: cfg.GCInterval, GCDiscardRatio: cfg.GCDiscardRatio, MinFreeBytes: cfg.MinFreeBytes}
+	// A bad config leaves no trace in the directory.
+	if kind == KindPack {
+		err = pc.Validate()
+	} else {
+		err = bc.Validate()
+	}
+	if err != nil {
+		return nil, "", err
+	}
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, "", fmt.Errorf("blockd: data dir: %w", err)
 	}
@@ -109,13 +122,10 @@ func OpenStore(cfg StoreConfig) (DiskStore, string, error) {
 		}
 	}
 	var st DiskStore
-	switch kind {
-	case KindPack:
-		st, err = OpenPack(PackConfig{Dir: cfg.Dir, Logger: cfg.Logger, Small: cfg.Small, PackSize: cfg.PackSize,
-			GCInterval: cfg.GCInterval, GCDiscardRatio: cfg.GCDiscardRatio, MinFreeBytes: cfg.MinFreeBytes})
-	default:
-		st, err = OpenBadger(BadgerConfig{Dir: cfg.Dir, Logger: cfg.Logger, Small: cfg.Small,
-			GCInterval: cfg.GCInterval, GCDiscardRatio: cfg.GCDiscardRatio, MinFreeBytes: cfg.MinFreeBytes})
+	if kind == KindPack {
+		st, err = OpenPack(pc)
+	} else {
+		st, err = OpenBadger(bc)
 	}
 	if err != nil {
 		return nil, "", err

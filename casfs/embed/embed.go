@@ -1,10 +1,12 @@
 // Package embed runs casfs's backends in-process: a metad Service and a
-// blockd badger store under one data directory, for `casfs mount --data`.
+// blockd store under one data directory, for `casfs mount --data`.
 //
 // Layout of the data directory:
 //
 //	DIR/meta/     metad's badger database
-//	DIR/blocks/   blockd's badger database (encoded chunks)
+//	DIR/blocks/   blockd's chunk store (blockd.OpenStore): a pack store
+//	              (packs/ and index/) for a new directory; a badger
+//	              database in one made before pack stores existed
 //	DIR/staging/  casfs spill files for random writes (always empty at rest)
 //	DIR/secret    token signing key (created on first use, mode 0600)
 package embed
@@ -43,7 +45,7 @@ type Config struct {
 // Stores are the running embedded backends.
 type Stores struct {
 	Meta       *metad.Service
-	Blocks     *blockd.BadgerStore
+	Blocks     blockd.DiskStore
 	Transport  casfs.Transport
 	StagingDir string
 }
@@ -64,7 +66,7 @@ func Open(cfg Config) (*Stores, error) {
 	if err != nil {
 		return nil, err
 	}
-	blocks, err := blockd.OpenBadger(blockd.BadgerConfig{Dir: filepath.Join(cfg.Dir, "blocks"), Logger: cfg.Logger, Small: cfg.Small})
+	blocks, _, err := blockd.OpenStore(blockd.StoreConfig{Dir: filepath.Join(cfg.Dir, "blocks"), Logger: cfg.Logger, Small: cfg.Small})
 	if err != nil {
 		return nil, fmt.Errorf("embed: block store: %w", err)
 	}

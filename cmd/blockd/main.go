@@ -1,5 +1,6 @@
 // Command blockd is the stasis block store daemon: it stores compressed
-// chunks by hash in a badger database, verifies every chunk's hash on put,
+// chunks by hash (in pack files indexed by badger, or in a badger database),
+// verifies every chunk's hash on put,
 // checks a token on every call, and serves the batch protocol of package
 // blockd over HTTP.
 package main
@@ -30,6 +31,8 @@ type serveOptions struct {
 	addrFile   string
 	logLevel   string
 	small      bool
+	store      string
+	packSize   int64
 	gcInterval time.Duration
 	minFree    int64
 }
@@ -39,8 +42,8 @@ func newRootCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "blockd --data DIR --secret-file FILE [--listen ADDR] [--name NAME]",
 		Short: "The stasis block store daemon",
-		Long: `blockd stores chunks (LZ4-compressed, content-addressed by BLAKE3) in a badger
-database under --data and serves them over HTTP at --listen:
+		Long: `blockd stores chunks (LZ4-compressed, content-addressed by BLAKE3) under --data
+and serves them over HTTP at --listen:
 
   POST /v1/missing  POST /v1/put  GET /v1/chunks/{id}  POST /v1/get
   POST /v1/delete   GET /v1/list  GET /healthz         GET /metrics
@@ -54,7 +57,14 @@ one with "blockd keygen FILE").
 
 With --listen 127.0.0.1:0 the kernel picks a port; blockd logs the bound
 address and writes it to --addr-file if given. SIGTERM or SIGINT stops it
-gracefully: in-flight requests finish, then the database is closed.`,
+gracefully: in-flight requests finish, then the store is closed.
+
+--store picks how chunks are kept: "pack" (the default for a new --data
+directory) appends them to pack files (packs/, rolled at --pack-size) with
+a small badger index (index/); "badger" keeps them in badger's value log.
+The directory records its kind in DIR/STORE; a directory made before
+STORE files existed holds a badger store and opens as one. Asking for the
+other kind of an existing directory is an error.`,
 		Args:          cobra.NoArgs,
 		SilenceUsage:  true,
 		SilenceErrors: true,
@@ -69,9 +79,11 @@ gracefully: in-flight requests finish, then the database is closed.`,
 	f.StringVar(&o.name, "name", "blockd", "this server's name: the scope its tokens must carry")
 	f.StringVar(&o.addrFile, "addr-file", "", "write the bound address (host:port) to this file once listening")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
-	f.BoolVar(&o.small, "small", false, "use small badger caches and memtables (tests, small machines)")
-	f.DurationVar(&o.gcInterval, "gc-interval", 10*time.Minute, "value-log GC period (negative disables)")
-	f.Int64Var(&o.minFree, "min-free", 256<<20, "bytes to keep free on the data file system; puts beyond it get 507 (badger writes through mmap, and a full disk would crash it)")
+	f.BoolVar(&o.small, "small", false, "use small badger caches and memtables and 64 MiB packs (tests, small machines)")
+	f.StringVar(&o.store, "store", "", `chunk store kind: "pack" or "badger" (default: what --data holds; "pack" for a new directory)`)
+	f.Int64Var(&o.packSize, "pack-size", 0, "pack store: seal a pack file at this many bytes (default 1 GiB, 64 MiB with --small)")
+	f.DurationVar(&o.gcInterval, "gc-interval", 10*time.Minute, "pack compaction (or badger value-log GC) period (negative disables)")
+	f.Int64Var(&o.minFree, "min-free", 256<<20, "bytes to keep free on the data file system; puts beyond it get 507 (badger, the badger store and the pack index, writes through mmap: a full disk would crash it)")
 	cmd.AddCommand(newKeygenCmd())
 	return cmd
 }
@@ -114,10 +126,10 @@ func runServe(ctx context.Context, o serveOptions) error {
 	}
 	defer ln.Close()
 
-	store, err := blockd.OpenBadger(blockd.BadgerConfig{Dir: o.data, Logger: log.With("component", "badger"),
-		Small: o.small, GCInterval: o.gcInterval, MinFreeBytes: o.minFree})
+	store, kind, err := blockd.OpenStore(blockd.StoreConfig{Dir: o.data, Kind: o.store, Logger: log.With("component", "store"),
+		Small: o.small, PackSize: o.packSize, GCInterval: o.gcInterval, MinFreeBytes: o.minFree})
 	if err != nil {
-		return err
+		return fmt.Errorf("--data %s: %w", o.data, err)
 	}
 	defer store.Close()
 	srv, err := blockd.NewServer(blockd.ServerConfig{Store: store, Keyring: keys, Name: o.name, Logger: log})
@@ -128,7 +140,7 @@ func runServe(ctx context.Context, o serveOptions) error {
 		AddrFile: o.addrFile,
 		Listening: func(addr string) {
 			st := store.Stats()
-			log.Info("blockd listening", "addr", addr, "name", o.name, "data", o.data,
+			log.Info("blockd listening", "addr", addr, "name", o.name, "data", o.data, "store", kind,
 				"chunks", st.Chunks, "encoded_bytes", st.EncodedBytes, "key_id", keys.CurrentKeyID())
 		},
 		Close: store.Close,

@@ -51,11 +51,11 @@ func command(t *testing.T, args ...string) (*exec.Cmd, *bytes.Buffer) {
 }
 
 // start runs the daemon on a random port and waits until it serves.
-func start(t *testing.T, data, secret string) *daemon {
+func start(t *testing.T, data, secret string, extra ...string) *daemon {
 	t.Helper()
 	addrFile := filepath.Join(t.TempDir(), "addr")
-	cmd, stderr := command(t, "--data", data, "--secret-file", secret, "--name", "b1",
-		"--listen", "127.0.0.1:0", "--addr-file", addrFile, "--small", "--log-level", "warn")
+	cmd, stderr := command(t, append([]string{"--data", data, "--secret-file", secret, "--name", "b1",
+		"--listen", "127.0.0.1:0", "--addr-file", addrFile, "--small", "--log-level", "warn"}, extra...)...)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -122,11 +122,25 @@ func tokens(k *cas.Keyring) blockd.TokenSource {
 // TestKillDuringPuts SIGKILLs a blockd process while concurrent clients
 // stream puts into it, restarts it on the same data, and checks that every
 // acknowledged chunk is there and verifies, and that every chunk present
-// verifies (nothing half-written is visible).
+// verifies (nothing half-written is visible). It runs against both store
+// kinds; the pack store uses 4 MiB packs so that the kill can land near
+// a pack boundary as well as inside a pack.
 func TestKillDuringPuts(t *testing.T) {
+	for _, kind := range []struct {
+		name string
+		args []string
+	}{
+		{"pack", []string{"--store", "pack", "--pack-size", "4194304"}},
+		{"badger", []string{"--store", "badger"}},
+	} {
+		t.Run(kind.name, func(t *testing.T) { testKillDuringPuts(t, kind.args) })
+	}
+}
+
+func testKillDuringPuts(t *testing.T, args []string) {
 	data := t.TempDir()
 	secret, keys := writeSecret(t)
-	d := start(t, data, secret)
+	d := start(t, data, secret, args...)
 	url := "http://" + d.addr
 
 	var (
@@ -170,7 +184,7 @@ func TestKillDuringPuts(t *testing.T) {
 	wg.Wait()
 	t.Logf("killed after %d chunks acknowledged, %d sent", len(acked), sent.Load())
 
-	d2 := start(t, data, secret)
+	d2 := start(t, data, secret, args...)
 	c := blockd.NewClient("http://"+d2.addr, tokens(keys), &http.Client{Timeout: time.Minute})
 	for _, ch := range acked {
 		if _, err := c.GetRaw(ctx, nil, ch.ID); err != nil {
@@ -192,6 +206,59 @@ func TestKillDuringPuts(t *testing.T) {
 		t.Fatalf("%d chunks present; %d acknowledged, %d sent", present, len(acked), sent.Load())
 	}
 	t.Logf("%d chunks present after restart (all verify)", present)
+	// The store goes on taking puts after the crash.
+	more := storetest.Chunks(1<<40, 8, 64<<10)
+	if err := c.Put(ctx, more); err != nil {
+		t.Fatalf("put after restart: %v", err)
+	}
+	if m, err := c.Missing(ctx, storetest.IDs(more)); err != nil || len(m) != 0 {
+		t.Fatalf("after a put following the restart: missing %d, %v", len(m), err)
+	}
+}
+
+// TestStoreKind: a new data directory holds a pack store and records it;
+// asking for the other kind is refused with a clear message; a directory
+// holding a badger store made before STORE files opens as badger.
+func TestStoreKind(t *testing.T) {
+	secret, keys := writeSecret(t)
+	data := t.TempDir()
+	d := start(t, data, secret)
+	c := blockd.NewClient("http://"+d.addr, tokens(keys), &http.Client{Timeout: time.Minute})
+	chunks := storetest.Chunks(2, 4, 1000)
+	if err := c.Put(context.Background(), chunks); err != nil {
+		t.Fatal(err)
+	}
+	d.kill()
+	if b, _ := os.ReadFile(filepath.Join(data, "STORE")); string(b) != "pack\n" {
+		t.Fatalf("STORE = %q, want pack", b)
+	}
+	if _, err := os.Stat(filepath.Join(data, "packs")); err != nil {
+		t.Fatalf("no packs directory: %v", err)
+	}
+	cmd, out := command(t, "--data", data, "--secret-file", secret, "--listen", "127.0.0.1:0", "--store", "badger")
+	err := runWithTimeout(cmd, 20*time.Second)
+	if err == nil || !strings.Contains(out.String(), "holds a pack store, not badger") {
+		t.Fatalf("opened a pack dir as badger: %v: %s", err, out)
+	}
+
+	old := t.TempDir()
+	b, err := blockd.OpenBadger(blockd.BadgerConfig{Dir: old, Small: true, GCInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Put(context.Background(), chunks); err != nil {
+		t.Fatal(err)
+	}
+	b.Close()
+	d = start(t, old, secret)
+	c = blockd.NewClient("http://"+d.addr, tokens(keys), &http.Client{Timeout: time.Minute})
+	if m, err := c.Missing(context.Background(), storetest.IDs(chunks)); err != nil || len(m) != 0 {
+		t.Fatalf("legacy badger dir: missing %d, %v", len(m), err)
+	}
+	d.kill()
+	if b, _ := os.ReadFile(filepath.Join(old, "STORE")); string(b) != "badger\n" {
+		t.Fatalf("legacy dir STORE = %q, want badger", b)
+	}
 }
 
 func TestGracefulShutdown(t *testing.T) {
@@ -249,6 +316,8 @@ func TestBadConfig(t *testing.T) {
 		{"bad listen", []string{"--data", data, "--secret-file", secret, "--listen", "127.0.0.1:99999"}, "--listen"},
 		{"bad listen host", []string{"--data", data, "--secret-file", secret, "--listen", "nohost"}, "--listen"},
 		{"bad log level", []string{"--data", data, "--secret-file", secret, "--log-level", "loud"}, "--log-level"},
+		{"bad store kind", []string{"--data", data, "--secret-file", secret, "--listen", "127.0.0.1:0", "--store", "lsm"}, "unknown kind \"lsm\""},
+		{"tiny pack size", []string{"--data", data, "--secret-file", secret, "--listen", "127.0.0.1:0", "--pack-size", "100"}, "pack size"},
 		{"unknown flag", []string{"--bogus"}, "unknown flag"},
 		{"stray argument", []string{"--data", data, "--secret-file", secret, "extra"}, "unknown command"},
 	} {
@@ -286,7 +355,7 @@ func TestHelpAndKeygen(t *testing.T) {
 	if err := runWithTimeout(cmd, 20*time.Second); err != nil {
 		t.Fatalf("--help: %v", err)
 	}
-	for _, want := range []string{"--data", "--secret-file", "--listen", "--name", "--addr-file", "keygen", "token"} {
+	for _, want := range []string{"--data", "--secret-file", "--listen", "--name", "--addr-file", "--store", "--pack-size", "keygen", "token"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("--help lacks %q", want)
 		}
