@@ -132,6 +132,21 @@ func NewServer(api API, cfg ServerConfig) (*Server, error) {
 		gauge("metad_block_chunks", "Chunks the blockd servers hold.", func(v Stats) uint64 { return v.BlockChunks })
 		gauge("metad_blocks_unreported", "blockd servers whose usage the last stats lacked.", func(v Stats) uint64 { return uint64(v.BlocksUnreported) })
 	}
+	if sv, ok := api.(interface{ Store() Store }); ok {
+		if bs, ok := sv.Store().(*BadgerStore); ok {
+			reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name: "metad_store_syncs_total", Help: "Disk syncs of the metadata store (sync mode commits).",
+			}, func() float64 { return float64(bs.Syncs()) }))
+			reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name: "metad_store_unsynced", Help: "1 while committed transactions wait for a disk sync (sync mode commits).",
+			}, func() float64 {
+				if bs.Unsynced() {
+					return 1
+				}
+				return 0
+			}))
+		}
+	}
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")
 		io.WriteString(w, "ok\n")

@@ -34,6 +34,7 @@ type serveOptions struct {
 	logLevel   string
 	small      bool
 	sync       string
+	flushEvery time.Duration
 	gcInterval time.Duration
 	sweep      time.Duration
 	tokenTTL   time.Duration
@@ -64,7 +65,7 @@ SIGTERM or SIGINT stops metad gracefully; SIGKILL loses nothing committed.
 commits, snapshot creation and deletion, and POST /v1/sync (casfs's fsync and
 fsyncdir) are synced before they return, and each sync covers every change
 before it; other namespace changes (create, mkdir, rename, setattr, ...) are
-synced by a background flush within a second. "all": every change is synced
+synced by a background flush within --flush-interval. "all": every change is synced
 before it returns (one fsync each, several times slower for small files).
 "none": nothing is synced; for scratch stores.`,
 		Args:          cobra.NoArgs,
@@ -83,6 +84,7 @@ before it returns (one fsync each, several times slower for small files).
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.BoolVar(&o.small, "small", false, "use small badger caches and memtables (tests, small machines)")
 	f.StringVar(&o.sync, "sync", "commits", "when to fsync: commits (content commits, snapshots, client syncs, and namespace changes within a second), all (every change), none (survives process crashes only)")
+	f.DurationVar(&o.flushEvery, "flush-interval", time.Second, "with --sync=commits: longest time a namespace change waits for the background sync")
 	f.DurationVar(&o.gcInterval, "gc-interval", 5*time.Minute, "garbage collection period (0 disables)")
 	f.DurationVar(&o.sweep, "sweep-interval", time.Hour, "period of sweeping every blockd for chunks nothing references (0 disables)")
 	f.DurationVar(&o.tokenTTL, "token-ttl", 10*time.Minute, "life of get/put tokens and of upload pins")
@@ -170,7 +172,7 @@ func runServe(ctx context.Context, o serveOptions) error {
 	cfg := metad.Config{
 		Dir: o.data, Keyring: keys, TokenTTL: o.tokenTTL, GCInterval: o.gcInterval, SweepInterval: o.sweep,
 		DefaultPolicy: policy, Logger: log,
-		Badger: metad.BadgerOptions{Sync: syncMode, Logger: log.With("component", "badger")},
+		Badger: metad.BadgerOptions{Sync: syncMode, FlushInterval: o.flushEvery, Logger: log.With("component", "badger")},
 	}
 	if o.small {
 		cfg.Badger.MemTableSize, cfg.Badger.BlockCacheSize, cfg.Badger.IndexCacheSize, cfg.Badger.ValueLogFileSize = 16<<20, 4<<20, 2<<20, 16<<20
