@@ -2,6 +2,7 @@ package blockd
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -15,9 +16,11 @@ import (
 	"stasis/cas"
 )
 
-// Badger key layout (the only key kind blockd writes):
+// Badger key layout:
 //
 //	"c" | 32-byte chunk ID  ->  the encoded chunk (cas.Encode output)
+//	"u"                     ->  saved counters (see saveCounts): present
+//	                            only while the store is closed cleanly
 //
 // Values are larger than ValueThreshold (1 KiB) except for tiny, highly
 // compressed chunks, so they live in badger's value log and the LSM tree
@@ -25,6 +28,16 @@ import (
 // Writes are not synced by badger (SyncWrites=false): Put syncs once per
 // group of concurrent Puts (see groupSync) before it returns.
 const keyPrefixChunk = 'c'
+
+// keyCounts holds the totals (Stats) as of a clean Close, so that the next
+// open need not read every chunk to count them. Open reads it and deletes
+// it (synced) before the store accepts a write: once the store is open the
+// key is absent, so after a crash the next open finds none and counts.
+var keyCounts = []byte{'u'}
+
+// countsVersion leads the saved counters' value: version, then Chunks,
+// EncodedBytes and RawBytes as big-endian int64s.
+const countsVersion = 1
 
 func chunkKey(id cas.ChunkID) []byte {
 	k := make([]byte, 1+cas.IDSize)
@@ -101,6 +114,8 @@ type BadgerStore struct {
 	pendMu  sync.Mutex
 	pending map[cas.ChunkID]int
 
+	noSaveCounts bool // tests: Close leaves no counters, as a crash does
+
 	dir      string
 	minFree  int64
 	spaceMu  sync.Mutex
@@ -116,9 +131,11 @@ var (
 // ErrClosed is returned by operations on a closed store.
 var ErrClosed = errors.New("blockd: store closed")
 
-// OpenBadger opens (or creates) the store in cfg.Dir, counts what it holds
-// (one pass over the keys, reading each value's codec header), and starts
-// the value-log GC loop. Close stops the loop and closes the database.
+// OpenBadger opens (or creates) the store in cfg.Dir, takes the counters of
+// what it holds (Stats, Usage) from a clean Close or, after a crash, counts
+// them (one pass over the keys, reading each value's codec header), and
+// starts the value-log GC loop. Close stops the loop, saves the counters
+// and closes the database.
 func OpenBadger(cfg BadgerConfig) (*BadgerStore, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -150,7 +167,7 @@ func OpenBadger(cfg BadgerConfig) (*BadgerStore, error) {
 	s := &BadgerStore{db: db, log: cfg.Logger, done: make(chan struct{}), dir: cfg.Dir, minFree: cfg.MinFreeBytes,
 		pending: map[cas.ChunkID]int{}}
 	s.gs = newGroupSync(db.Sync)
-	if err := s.count(); err != nil {
+	if err := s.loadCounts(); err != nil {
 		db.Close()
 		return nil, err
 	}
@@ -159,6 +176,62 @@ func OpenBadger(cfg BadgerConfig) (*BadgerStore, error) {
 		go s.gcLoop(cfg.GCInterval, cfg.GCDiscardRatio)
 	}
 	return s, nil
+}
+
+// loadCounts sets the counters from those a clean Close saved, or else by
+// counting every chunk; either way the saved counters are gone (durably)
+// when it returns, so a crash from now on cannot leave stale ones behind.
+func (s *BadgerStore) loadCounts() error {
+	var saved []byte
+	err := s.db.View(func(txn *badger.Txn) error {
+		item, err := txn.Get(keyCounts)
+		if err != nil {
+			return err
+		}
+		saved, err = item.ValueCopy(nil)
+		return err
+	})
+	switch {
+	case errors.Is(err, badger.ErrKeyNotFound):
+		s.log.Info("counting chunks (the store was not closed cleanly)")
+		return s.count()
+	case err != nil:
+		return fmt.Errorf("blockd: reading saved counters: %w", err)
+	}
+	if len(saved) != 1+3*8 || saved[0] != countsVersion {
+		s.log.Warn("saved counters unreadable; counting chunks", "bytes", len(saved))
+		if err := s.count(); err != nil {
+			return err
+		}
+	} else {
+		s.stats = Stats{
+			Chunks:       int64(binary.BigEndian.Uint64(saved[1:])),
+			EncodedBytes: int64(binary.BigEndian.Uint64(saved[9:])),
+			RawBytes:     int64(binary.BigEndian.Uint64(saved[17:])),
+		}
+	}
+	if err := s.db.Update(func(txn *badger.Txn) error { return txn.Delete(keyCounts) }); err != nil {
+		return fmt.Errorf("blockd: dropping saved counters: %w", err)
+	}
+	if err := s.db.Sync(); err != nil {
+		return fmt.Errorf("blockd: dropping saved counters: %w", err)
+	}
+	return nil
+}
+
+// saveCounts stores the counters for the next open; Close calls it when no
+// operation is running and none can start.
+func (s *BadgerStore) saveCounts() error {
+	st := s.Stats()
+	v := make([]byte, 1, 1+3*8)
+	v[0] = countsVersion
+	v = binary.BigEndian.AppendUint64(v, uint64(st.Chunks))
+	v = binary.BigEndian.AppendUint64(v, uint64(st.EncodedBytes))
+	v = binary.BigEndian.AppendUint64(v, uint64(st.RawBytes))
+	if err := s.db.Update(func(txn *badger.Txn) error { return txn.Set(keyCounts, v) }); err != nil {
+		return err
+	}
+	return s.db.Sync()
 }
 
 func (s *BadgerStore) count() error {
@@ -177,8 +250,9 @@ func (s *BadgerStore) count() error {
 	})
 }
 
-// Close stops value-log GC and closes the database. Operations after Close
-// return ErrClosed.
+// Close stops value-log GC, saves the counters (so the next open need not
+// count the chunks) and closes the database. Operations after Close return
+// ErrClosed.
 func (s *BadgerStore) Close() error {
 	s.closeMu.Lock()
 	defer s.closeMu.Unlock()
@@ -188,6 +262,12 @@ func (s *BadgerStore) Close() error {
 	s.closed = true
 	close(s.done)
 	s.wg.Wait()
+	if !s.noSaveCounts {
+		if err := s.saveCounts(); err != nil {
+			// Not fatal: the next open counts the chunks.
+			s.log.Warn("saving counters failed; the next open will count chunks", "err", err)
+		}
+	}
 	return s.db.Close()
 }
 

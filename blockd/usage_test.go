@@ -1,12 +1,19 @@
 package blockd_test
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
+	"os"
+	"os/exec"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -15,6 +22,30 @@ import (
 	"stasis/blockd/storetest"
 	"stasis/cas"
 )
+
+// syncBuffer is a log sink safe for concurrent writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func (s *syncBuffer) Reset() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.b.Reset()
+}
 
 // noUsage hides every method but the PruneStore ones.
 type noUsage struct{ blockd.PruneStore }
@@ -186,4 +217,159 @@ func TestBadgerUsageClosed(t *testing.T) {
 	if _, err := s.Usage(context.Background()); !errors.Is(err, blockd.ErrClosed) {
 		t.Fatalf("Usage after Close = %v", err)
 	}
+}
+
+// TestBadgerSavedCounts: a clean Close saves the counters and the next open
+// uses them without counting; a store left as a crash leaves it (no saved
+// counters) is counted; either way Usage is exact.
+func TestBadgerSavedCounts(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	var logb syncBuffer
+	open := func() *blockd.BadgerStore {
+		t.Helper()
+		s, err := blockd.OpenBadger(blockd.BadgerConfig{Dir: dir, Small: true, GCInterval: -1,
+			Logger: slog.New(slog.NewTextHandler(&logb, nil))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	counted := func() bool { return strings.Contains(logb.String(), "counting chunks") }
+	s := open()
+	chunks := storetest.Chunks(22, 30, 7000)
+	if err := s.Put(ctx, chunks); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Delete(ctx, storetest.IDs(chunks[:5])); err != nil {
+		t.Fatal(err)
+	}
+	stats := s.Stats()
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	logb.Reset()
+	s = open()
+	if counted() {
+		t.Fatalf("a cleanly closed store was counted at open:\n%s", logb.String())
+	}
+	storetest.CheckUsage(t, s, storetest.WantUsage(chunks[5:]), "reopened after a clean close")
+	if got := s.Stats(); got != stats {
+		t.Fatalf("Stats = %+v, want %+v", got, stats)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	blockd.ForgetCountsForTest(t, dir)
+	logb.Reset()
+	s = open()
+	if !counted() {
+		t.Fatalf("a store without saved counters was not counted:\n%s", logb.String())
+	}
+	storetest.CheckUsage(t, s, storetest.WantUsage(chunks[5:]), "reopened after a crash")
+	if got := s.Stats(); got != stats {
+		t.Fatalf("Stats = %+v, want %+v", got, stats)
+	}
+}
+
+// usageChildEnv, when set to a directory, makes TestBadgerUsageAfterKill a
+// child that writes to the store there until it is killed.
+const usageChildEnv = "BLOCKD_USAGE_CHILD_DIR"
+
+// TestBadgerUsageAfterKill: a store closed cleanly (counters saved) is
+// opened by a process that puts and deletes chunks and is SIGKILLed
+// mid-stream. The next open must not trust the counters saved before that
+// process ran: Usage matches what the store lists.
+func TestBadgerUsageAfterKill(t *testing.T) {
+	if dir := os.Getenv(usageChildEnv); dir != "" {
+		usageChild(dir)
+		return
+	}
+	ctx := context.Background()
+	dir := t.TempDir()
+	s := openBadger(t, dir)
+	if err := s.Put(ctx, storetest.Chunks(23, 20, 5000)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil { // saves the counters
+		t.Fatal(err)
+	}
+
+	cmd := exec.Command(os.Args[0], "-test.run=^TestBadgerUsageAfterKill$")
+	cmd.Env = append(os.Environ(), usageChildEnv+"="+dir)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	t.Cleanup(func() { cmd.Process.Kill(); <-exited })
+	ready := make(chan struct{})
+	go func() {
+		defer close(exited)
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			if sc.Text() == "ready" {
+				close(ready)
+			}
+		}
+		io.Copy(io.Discard, out)
+		cmd.Wait()
+	}()
+	select {
+	case <-ready:
+	case <-exited:
+		t.Fatalf("child exited early:\n%s", stderr.String())
+	case <-time.After(60 * time.Second):
+		t.Fatalf("child not ready after 60s:\n%s", stderr.String())
+	}
+	time.Sleep(100 * time.Millisecond) // mid-stream
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-exited
+
+	s = openBadger(t, dir)
+	listed := storetest.ListAll(t, s)
+	if len(listed) <= 20 {
+		t.Fatalf("the child stored nothing that survived (%d chunks)", len(listed))
+	}
+	var want blockd.Usage
+	for _, info := range listed {
+		want.Chunks++
+		want.EncodedBytes += uint64(info.EncodedSize)
+	}
+	storetest.CheckUsage(t, s, want, "after the writer was killed")
+}
+
+// usageChild puts and deletes chunks in the store in dir until killed (or
+// a minute has passed).
+func usageChild(dir string) {
+	s, err := blockd.OpenBadger(blockd.BadgerConfig{Dir: dir, Small: true, GCInterval: -1})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	ctx := context.Background()
+	deadline := time.Now().Add(time.Minute)
+	for i := 0; time.Now().Before(deadline); i++ {
+		chunks := storetest.Chunks(uint64(1000+i), 10, 5000)
+		if err := s.Put(ctx, chunks); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(2)
+		}
+		if err := s.Delete(ctx, storetest.IDs(chunks[:3])); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(2)
+		}
+		if i == 5 {
+			fmt.Println("ready")
+		}
+	}
+	os.Exit(3) // never closed cleanly
 }
