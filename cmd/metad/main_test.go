@@ -571,6 +571,7 @@ func TestFlagErrors(t *testing.T) {
 		{[]string{"--data", t.TempDir(), "--secret-file", secret}, "--blockd"},
 		{[]string{"--data", t.TempDir(), "--secret-file", secret, "--blockd", "nourl"}, "NAME=http"},
 		{[]string{"fsck"}, "--data"},
+		{[]string{"--data", t.TempDir(), "--secret-file", secret, "--blockd", "a=http://x", "--sync", "always"}, "--sync"},
 	} {
 		cmd := exec.Command(os.Args[0], tc.args...)
 		cmd.Env = append(os.Environ(), "METAD_TEST_MAIN=1")
