@@ -21,7 +21,14 @@ func init() {
 		Use:   "stats MOUNTPOINT",
 		Short: "Print store and mount statistics as JSON",
 		Long: `Prints logical bytes, bytes stored (raw and compressed), chunks, holes, the
-dedup ratio, and this mount's bytes uploaded and skipped as duplicates.`,
+dedup and compression ratios, and this mount's bytes uploaded and skipped as
+duplicates.
+
+stored_raw counts the distinct chunks files and snapshots reference;
+stored_encoded and block_chunks are what the block stores hold (compressed),
+including chunks not yet garbage-collected. blocks_unreported, when present,
+is the number of block servers that did not answer: stored_encoded then lacks
+their share and compression_ratio is left out.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error { return runStats(cmd.Context(), o, args) },
 	}
