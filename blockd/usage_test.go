@@ -373,3 +373,18 @@ func usageChild(dir string) {
 	}
 	os.Exit(3) // never closed cleanly
 }
+
+// TestBadgerUsageRefusedPut: a put refused for lack of space (nothing
+// written) leaves Usage as it was.
+func TestBadgerUsageRefusedPut(t *testing.T) {
+	ctx := context.Background()
+	s, err := blockd.OpenBadger(blockd.BadgerConfig{Dir: t.TempDir(), Small: true, GCInterval: -1, MinFreeBytes: 1 << 62})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	if err := s.Put(ctx, storetest.Chunks(24, 5, 3000)); !errors.Is(err, blockd.ErrNoSpace) {
+		t.Fatalf("Put on a \"full\" disk = %v, want ErrNoSpace", err)
+	}
+	storetest.CheckUsage(t, s, blockd.Usage{}, "after a refused put")
+}
