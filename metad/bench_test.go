@@ -11,15 +11,22 @@ import (
 	"stasis/cas"
 )
 
-// Benchmarks run on the badger store (SyncWrites off unless the name says
-// sync) with in-memory blockd backends. Results: bench/RESULTS.md.
+// Benchmarks run on the badger store (SyncNone unless the name says Sync:
+// SyncAll, SyncCommits: SyncCommits) with in-memory blockd backends. Results: bench/RESULTS.md.
 
 func benchEnv(b *testing.B, sync bool) *env {
+	if sync {
+		return benchEnvMode(b, SyncAll)
+	}
+	return benchEnvMode(b, SyncNone)
+}
+
+func benchEnvMode(b *testing.B, mode SyncMode) *env {
 	e := &env{clock: newClock(), kr: testKeyring(b)}
 	e.dir = b.TempDir()
 	bl := newMemBlocks()
 	e.blocks = []*memBlocks{bl}
-	s, err := Open(Config{Dir: e.dir, Badger: BadgerOptions{SyncWrites: sync, MemTableSize: 64 << 20, BlockCacheSize: 32 << 20, IndexCacheSize: 16 << 20, ValueLogFileSize: 64 << 20},
+	s, err := Open(Config{Dir: e.dir, Badger: BadgerOptions{Sync: mode, MemTableSize: 64 << 20, BlockCacheSize: 32 << 20, IndexCacheSize: 16 << 20, ValueLogFileSize: 64 << 20},
 		Keyring: e.kr, Now: e.clock.Now, Blocks: []BlockBackend{{Endpoint: Endpoint{Name: "b0"}, Store: bl}}})
 	if err != nil {
 		b.Fatal(err)
@@ -29,8 +36,8 @@ func benchEnv(b *testing.B, sync bool) *env {
 	return e
 }
 
-func benchCreate(b *testing.B, sync bool) {
-	e := benchEnv(b, sync)
+func benchCreate(b *testing.B, mode SyncMode) {
+	e := benchEnvMode(b, mode)
 	ctx := context.Background()
 	b.ResetTimer()
 	for i := 0; b.Loop(); i++ {
@@ -41,8 +48,36 @@ func benchCreate(b *testing.B, sync bool) {
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "ops/s")
 }
 
-func BenchmarkCreate(b *testing.B)     { benchCreate(b, false) }
-func BenchmarkCreateSync(b *testing.B) { benchCreate(b, true) }
+func BenchmarkCreate(b *testing.B)            { benchCreate(b, SyncNone) }
+func BenchmarkCreateSync(b *testing.B)        { benchCreate(b, SyncAll) }
+func BenchmarkCreateSyncCommits(b *testing.B) { benchCreate(b, SyncCommits) }
+
+// benchSmallFile is what one small file costs metad: create, commit of one
+// chunk, chmod and utimes (as tar does), by sync mode.
+func benchSmallFile(b *testing.B, mode SyncMode) {
+	e := benchEnvMode(b, mode)
+	ctx := context.Background()
+	id := e.put(b, chunkData(1))[0]
+	m := manifestOf(id)
+	mode0, t0 := uint32(0o644), e.clock.Now()
+	b.ResetTimer()
+	for i := 0; b.Loop(); i++ {
+		a, err := e.s.Create(ctx, CreateRequest{Parent: RootIno, Name: fmt.Sprintf("f%09d", i), Mode: syscall.S_IFREG | 0o600})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := e.s.Commit(ctx, CommitRequest{Ino: a.Ino, Manifest: m}); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := e.s.SetAttr(ctx, a.Ino, SetAttrRequest{Mode: &mode0, Mtime: &t0}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "files/s")
+}
+
+func BenchmarkSmallFileSync(b *testing.B)        { benchSmallFile(b, SyncAll) }
+func BenchmarkSmallFileSyncCommits(b *testing.B) { benchSmallFile(b, SyncCommits) }
 
 // BenchmarkCreateParallel creates files from 8 goroutines, each in its own
 // directory (creates in one directory conflict on the parent's times).

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
+	"golang.org/x/sys/unix"
 )
 
 // SyncMode chooses when the badger store's transactions reach stable
@@ -487,7 +488,10 @@ func (b *BadgerStore) syncFiles(vlog bool) error {
 	return nil
 }
 
-// fsyncFile fsyncs path; a file removed meanwhile is no error.
+// fsyncFile fdatasyncs path; a file removed meanwhile is no error. Data
+// sync is what badger's own sync does (msync(MS_SYNC) is a data-only sync of
+// the range on Linux): it writes the data and the metadata needed to read
+// it back (allocation, size), not the timestamps.
 func fsyncFile(path string) error {
 	f, err := os.Open(path)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -496,7 +500,11 @@ func fsyncFile(path string) error {
 	if err != nil {
 		return err
 	}
-	return errors.Join(f.Sync(), f.Close())
+	err = unix.Fdatasync(int(f.Fd()))
+	if err != nil {
+		err = &os.PathError{Op: "fdatasync", Path: path, Err: err}
+	}
+	return errors.Join(err, f.Close())
 }
 
 // flushLoop syncs unsynced transactions every interval until Close.
