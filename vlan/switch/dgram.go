@@ -55,43 +55,10 @@ func NewDgramPort(localPath, peerPath string) (*DgramPort, error) {
 }
 
 // ReadBatch implements Port.
-func (p *DgramPort) ReadBatch(fs []*Frame) (int, error) {
-	for {
-		n, err := p.mm.read(fs)
-		if err != nil {
-			return 0, err
-		}
-		out := 0
-		for i := 0; i < n; i++ {
-			ln, trunc := p.mm.msgLen(i)
-			if trunc || ln == 0 {
-				continue
-			}
-			if out != i {
-				fs[out], fs[i] = fs[i], fs[out]
-			}
-			fs[out].SetLen(ln)
-			out++
-		}
-		if out > 0 {
-			return out, nil
-		}
-	}
-}
+func (p *DgramPort) ReadBatch(fs []*Frame) (int, error) { return readFrames(p.mm, fs) }
 
 // WriteBatch implements Port.
-func (p *DgramPort) WriteBatch(fs []*Frame) (int, error) {
-	sent := 0
-	for len(fs) > 0 {
-		n, err := p.mm.write(fs)
-		sent += n
-		if err != nil {
-			return sent, err
-		}
-		fs = fs[n:]
-	}
-	return sent, nil
-}
+func (p *DgramPort) WriteBatch(fs []*Frame) (int, error) { return writeFrames(p.mm, fs) }
 
 // InputBuffered implements InputDrainer.
 func (p *DgramPort) InputBuffered() (int, error) {
@@ -111,4 +78,48 @@ func (p *DgramPort) Close() error {
 	err := p.conn.Close()
 	_ = os.Remove(p.path)
 	return err
+}
+
+// readFrames is ReadBatch for a port that carries one bare frame per
+// datagram (no prefix): DgramPort and PacketPort. It blocks until at least
+// one frame arrived, drops empty and truncated datagrams, and returns the
+// frames in fs[:n] in order. It allocates nothing.
+func readFrames(mm *mmsgConn, fs []*Frame) (int, error) {
+	for {
+		n, err := mm.read(fs)
+		if err != nil {
+			return 0, err
+		}
+		out := 0
+		for i := 0; i < n; i++ {
+			ln, trunc := mm.msgLen(i)
+			if trunc || ln == 0 {
+				continue
+			}
+			if out != i {
+				fs[out], fs[i] = fs[i], fs[out]
+			}
+			fs[out].SetLen(ln)
+			out++
+		}
+		if out > 0 {
+			return out, nil
+		}
+	}
+}
+
+// writeFrames is WriteBatch for a port that carries one bare frame per
+// datagram: it sends all of fs, a batch at a time, and stops at the first
+// error, returning how many were sent. It allocates nothing.
+func writeFrames(mm *mmsgConn, fs []*Frame) (int, error) {
+	sent := 0
+	for len(fs) > 0 {
+		n, err := mm.write(fs)
+		sent += n
+		if err != nil {
+			return sent, err
+		}
+		fs = fs[n:]
+	}
+	return sent, nil
 }

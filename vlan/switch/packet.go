@@ -58,43 +58,10 @@ func OpenPacket(ifname string) (*PacketPort, error) {
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
 // ReadBatch implements Port.
-func (p *PacketPort) ReadBatch(fs []*Frame) (int, error) {
-	for {
-		n, err := p.mm.read(fs)
-		if err != nil {
-			return 0, err
-		}
-		out := 0
-		for i := 0; i < n; i++ {
-			ln, trunc := p.mm.msgLen(i)
-			if trunc || ln == 0 {
-				continue
-			}
-			if out != i {
-				fs[out], fs[i] = fs[i], fs[out]
-			}
-			fs[out].SetLen(ln)
-			out++
-		}
-		if out > 0 {
-			return out, nil
-		}
-	}
-}
+func (p *PacketPort) ReadBatch(fs []*Frame) (int, error) { return readFrames(p.mm, fs) }
 
 // WriteBatch implements Port.
-func (p *PacketPort) WriteBatch(fs []*Frame) (int, error) {
-	sent := 0
-	for len(fs) > 0 {
-		n, err := p.mm.write(fs)
-		sent += n
-		if err != nil {
-			return sent, err
-		}
-		fs = fs[n:]
-	}
-	return sent, nil
-}
+func (p *PacketPort) WriteBatch(fs []*Frame) (int, error) { return writeFrames(p.mm, fs) }
 
 // InputBuffered implements InputDrainer.
 func (p *PacketPort) InputBuffered() (int, error) { return ioctlInt(p.rc, unix.SIOCINQ) }
