@@ -25,6 +25,34 @@
 // or interrupted commit is rolled back, a release is finished. A process
 // killed at any point restarts into a consistent store.
 //
+// # Durability
+//
+// Every acknowledged change survives metad's process being killed: badger
+// copies a transaction into its memory-mapped write-ahead log before the
+// commit returns, and the page cache outlives the process. What survives a
+// power loss or kernel crash depends on the badger store's SyncMode:
+//
+//   - SyncCommits (the default of cmd/metad and of embedded casfs):
+//     namespace changes (create, mkdir, setattr, rename, unlink, xattrs) are
+//     committed without an fsync. Content commits, snapshot creation and
+//     deletion, and Sync (POST /v1/sync; casfs calls it for fsync, fsyncdir
+//     and the close of a file it created empty) sync the store before they
+//     return, and a sync covers every transaction committed before it, so
+//     a synced commit also makes the namespace changes before it durable.
+//     GC syncs before it deletes chunks from blockd, so no namespace change
+//     that freed a chunk can be lost after the chunk is gone. A background
+//     flusher syncs within FlushInterval (default 1 s) of an unsynced
+//     change: a machine crash loses at most about a second of namespace
+//     changes that nothing synced, like ext4's commit interval, and what it
+//     loses is whole transactions, never part of one.
+//   - SyncAll: every transaction is synced before it returns (one fsync per
+//     namespace change).
+//   - SyncNone: nothing is synced (tests, scratch stores).
+//
+// Why "a sync covers everything before it" holds for badger, and how the
+// store makes sure of it, is documented at BadgerStore.Sync: it syncs every
+// memtable log still on disk, not only the active one.
+//
 // # Content and garbage collection
 //
 // A file's content is an immutable manifest (cas.Manifest) named by id; a
