@@ -249,8 +249,11 @@ func BenchmarkHTTPLookup(b *testing.B) {
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "ops/s")
 }
 
-func BenchmarkHTTPCreate(b *testing.B) {
-	e := benchEnv(b, true)
+func BenchmarkHTTPCreate(b *testing.B)            { benchHTTPCreate(b, SyncAll) }
+func BenchmarkHTTPCreateSyncCommits(b *testing.B) { benchHTTPCreate(b, SyncCommits) }
+
+func benchHTTPCreate(b *testing.B, mode SyncMode) {
+	e := benchEnvMode(b, mode)
 	c := benchClient(b, e)
 	ctx := context.Background()
 	b.ResetTimer()
