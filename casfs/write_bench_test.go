@@ -2,16 +2,14 @@ package casfs_test
 
 import (
 	"context"
-	"encoding/binary"
 	"fmt"
-	"math/rand/v2"
-	"os"
 	"syscall"
 	"testing"
 	"time"
 
 	"stasis/casfs"
 	"stasis/casfs/internal/testenv"
+	"stasis/internal/seqio"
 	"stasis/metad"
 )
 
@@ -21,18 +19,17 @@ import (
 // under a second name (every chunk a duplicate). It reports MB/s and the
 // CPU seconds the whole process spent per GiB written (user + system),
 // which is steadier than elapsed time on a shared machine. Data kinds are
-// those of cmd/casfs's BenchmarkSeqIO.
+// package seqio's, the same bytes cmd/casfs's BenchmarkSeqIO writes.
 //
 //	go test -run '^$' -bench 'Write$' -benchtime 2x ./casfs/   # CASFS_BENCH_MIB (default 256)
 func BenchmarkWrite(b *testing.B) {
-	mib := 256
-	if v := envInt("CASFS_BENCH_MIB"); v > 0 {
-		mib = v
-	}
-	for _, kind := range []string{"zero", "text", "random"} {
-		data := make([]byte, mib<<20)
+	mib := seqio.EnvInt("CASFS_BENCH_MIB", 256)
+	for _, kind := range seqio.Kinds {
+		data := make([]byte, mib*seqio.BlockSize)
 		for i := range mib {
-			fillBlock(kind, i, data[i<<20:(i+1)<<20])
+			if err := seqio.Fill(kind, i, data[i*seqio.BlockSize:(i+1)*seqio.BlockSize]); err != nil {
+				b.Fatal(err)
+			}
 		}
 		b.Run(kind, func(b *testing.B) {
 			var wr, rw, wrCPU, rwCPU time.Duration
@@ -89,39 +86,4 @@ func cpuTime() time.Duration {
 	var ru syscall.Rusage
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
-func envInt(name string) int {
-	var v int
-	fmt.Sscan(os.Getenv(name), &v)
-	return v
-}
-
-// fillBlock fills buf (1 MiB) with block i of a data kind, as cmd/casfs's
-// benchmark does: zero = 80% zero 4 KiB pages, the rest random; text =
-// 64 random bytes alternating with 64 bytes of a phrase; random.
-func fillBlock(kind string, i int, buf []byte) {
-	var s [32]byte
-	binary.LittleEndian.PutUint64(s[:], uint64(i)+1)
-	c := rand.NewChaCha8(s)
-	r := rand.New(c)
-	switch kind {
-	case "random":
-		c.Read(buf)
-	case "zero":
-		clear(buf)
-		for p := 0; p < len(buf); p += 4096 {
-			if r.IntN(5) == 0 {
-				c.Read(buf[p : p+4096])
-			}
-		}
-	case "text":
-		phrase := []byte("the quick brown fox jumps over the lazy dog; ")
-		for p := 0; p < len(buf); p += 128 {
-			c.Read(buf[p : p+64])
-			for k := p + 64; k < p+128; k++ {
-				buf[k] = phrase[(k-p)%len(phrase)]
-			}
-		}
-	}
 }

@@ -1,10 +1,8 @@
 package main
 
 import (
-	"encoding/binary"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -14,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"stasis/internal/seqio"
 )
 
 // Sequential I/O through a real casfs process (embedded stores on local
@@ -23,55 +23,14 @@ import (
 //
 // CASFS_BENCH_MIB sets the file size (default 1024). Metrics are MB/s and
 // ratios to the local disk; casfs-rss-MiB is the casfs process's peak RSS.
-// BenchmarkRSS writes CASFS_BENCH_RSS_MIB (default 4096) MiB.
-
-const benchBlock = 1 << 20
-
-// fillBlock fills buf (1 MiB) with block i of a data kind, deterministically.
-//   - zero: 80% all-zero 4 KiB pages, the rest random (a RAM image).
-//   - text: pages of 64-byte random runs alternating with runs of a
-//     repeated phrase (LZ4 halves it; nothing repeats across pages).
-//   - random: incompressible and unique.
-func fillBlock(kind string, i int, buf []byte) {
-	c := rand.NewChaCha8(seed(i))
-	r := rand.New(c)
-	switch kind {
-	case "random":
-		c.Read(buf)
-	case "zero":
-		clear(buf)
-		for p := 0; p < len(buf); p += 4096 {
-			if r.IntN(5) == 0 {
-				c.Read(buf[p : p+4096])
-			}
-		}
-	case "text":
-		phrase := []byte("the quick brown fox jumps over the lazy dog; ")
-		for p := 0; p < len(buf); p += 128 {
-			c.Read(buf[p : p+64])
-			for k := p + 64; k < p+128; k++ {
-				buf[k] = phrase[(k-p)%len(phrase)]
-			}
-		}
-	}
-}
-
-func seed(i int) (s [32]byte) {
-	binary.LittleEndian.PutUint64(s[:], uint64(i)+1)
-	return
-}
-
-func benchSize(env string, def int) int {
-	if v, err := strconv.Atoi(os.Getenv(env)); err == nil && v > 0 {
-		return v
-	}
-	return def
-}
+// BenchmarkRSS writes CASFS_BENCH_RSS_MIB (default 4096) MiB. The data
+// kinds (zero, text, random) are package seqio's, which casfs's
+// BenchmarkWrite writes too.
 
 // writeFile writes mib blocks of kind to path, fsyncs and closes it.
 func writeFile(b *testing.B, path, kind string, mib int) time.Duration {
 	b.Helper()
-	buf := make([]byte, benchBlock)
+	buf := make([]byte, seqio.BlockSize)
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
 	if err != nil {
 		b.Fatal(err)
@@ -80,7 +39,9 @@ func writeFile(b *testing.B, path, kind string, mib int) time.Duration {
 	start := time.Now()
 	for i := range mib {
 		g := time.Now()
-		fillBlock(kind, i, buf)
+		if err := seqio.Fill(kind, i, buf); err != nil {
+			b.Fatal(err)
+		}
 		gen += time.Since(g)
 		if _, err := f.Write(buf); err != nil {
 			b.Fatal(err)
@@ -102,7 +63,7 @@ func readFile(b *testing.B, path string) time.Duration {
 		b.Fatal(err)
 	}
 	defer f.Close()
-	buf := make([]byte, benchBlock)
+	buf := make([]byte, seqio.BlockSize)
 	start := time.Now()
 	if _, err := io.CopyBuffer(io.Discard, struct{ io.Reader }{f}, buf); err != nil {
 		b.Fatal(err)
@@ -185,8 +146,8 @@ func stopMount(b *testing.B, m *mountProc, mnt string) {
 
 func BenchmarkSeqIO(b *testing.B) {
 	bin := buildBinary(b)
-	mib := benchSize("CASFS_BENCH_MIB", 1024)
-	for _, kind := range []string{"zero", "text", "random"} {
+	mib := seqio.EnvInt("CASFS_BENCH_MIB", 1024)
+	for _, kind := range seqio.Kinds {
 		b.Run(kind, func(b *testing.B) {
 			for range b.N {
 				work := b.TempDir()
@@ -235,7 +196,7 @@ func BenchmarkSeqIO(b *testing.B) {
 
 func BenchmarkRSS(b *testing.B) {
 	bin := buildBinary(b)
-	mib := benchSize("CASFS_BENCH_RSS_MIB", 4096)
+	mib := seqio.EnvInt("CASFS_BENCH_RSS_MIB", 4096)
 	for range b.N {
 		work := b.TempDir()
 		data, mnt := filepath.Join(work, "data"), filepath.Join(work, "mnt")
