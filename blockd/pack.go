@@ -13,6 +13,7 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/dgraph-io/badger/v4"
 	"github.com/dgraph-io/badger/v4/options"
@@ -45,6 +46,15 @@ type PackConfig struct {
 	// index is badger, which writes its memtable log through a memory map.
 	// Negative disables the check.
 	MinFreeBytes int64
+	// BufferedWrites writes packs through the page cache (pwritev) even
+	// where O_DIRECT works. By default the current pack is written with
+	// O_DIRECT from a 4 MiB aligned staging buffer, each batch's region
+	// starting at a 4 KiB boundary: on the VM disks measured, buffered
+	// writes + fdatasync of 32 MiB ran at ~250 MB/s and O_DIRECT +
+	// fdatasync at 500-650 MB/s (the data does not pass through, or
+	// stay in, the page cache either). File systems without O_DIRECT
+	// fall back to buffered writes.
+	BufferedWrites bool
 }
 
 // Validate checks the config and fills defaults.
@@ -139,6 +149,7 @@ type packFile struct {
 	path string
 	rw   sync.RWMutex // shared by reads, writes and syncs of f; exclusive to remove
 	f    *os.File     // nil once removed
+	df   *os.File     // O_DIRECT, write-only; the current pack's while it has writers (nil: write through f)
 
 	// Under PackStore.mu:
 	size    int64 // end of the last record placed (file size plus regions being written)
@@ -284,8 +295,12 @@ func (s *PackStore) load() error {
 			s.log.Error("pack file shorter than its index says; some chunks are lost", "pack", p.path, "size", p.size, "indexed_end", pi.end)
 		case last:
 			// The only pack that can have an unindexed tail worth
-			// reusing: cut it back and append after its last record.
+			// reusing: cut it back and append after its last record
+			// (and its region's padding, if it was written direct).
 			end := max(pi.end, packHeaderSize)
+			if p.df = s.openDirect(p.path); p.df != nil && p.size >= alignUp(end) {
+				end = alignUp(end)
+			}
 			if p.size > end {
 				if err := p.f.Truncate(end); err != nil {
 					return fmt.Errorf("blockd: cut back pack %s: %w", p.path, err)
@@ -339,7 +354,27 @@ func (s *PackStore) createPack(n uint32) (*packFile, error) {
 		return nil, s.wrapErr("create pack", err)
 	}
 	p.f = f
+	p.df = s.openDirect(p.path)
 	return p, nil
+}
+
+// dioAlign is the alignment of O_DIRECT offsets, lengths and buffers.
+const dioAlign = 4096
+
+func alignUp(n int64) int64 { return (n + dioAlign - 1) &^ (dioAlign - 1) }
+
+// openDirect opens path for O_DIRECT writes, or returns nil if the store
+// writes buffered or the file system refuses O_DIRECT.
+func (s *PackStore) openDirect(path string) *os.File {
+	if s.cfg.BufferedWrites {
+		return nil
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|syscall.O_DIRECT, 0)
+	if err != nil {
+		s.log.Debug("pack writes go through the page cache: no O_DIRECT here", "pack", path, "err", err)
+		return nil
+	}
+	return f
 }
 
 func syncDir(dir string) error {
@@ -353,10 +388,18 @@ func syncDir(dir string) error {
 
 func (s *PackStore) closeFiles() {
 	for _, p := range s.packs {
-		if p.f != nil {
-			p.f.Close()
-			p.f = nil
-		}
+		p.closeFiles()
+	}
+}
+
+func (p *packFile) closeFiles() {
+	if p.df != nil {
+		p.df.Close()
+		p.df = nil
+	}
+	if p.f != nil {
+		p.f.Close()
+		p.f = nil
 	}
 }
 
@@ -656,7 +699,7 @@ func (s *PackStore) writeBatch(chunks []Chunk) (*packFile, []packLoc, error) {
 		return nil, nil, err
 	}
 	defer release()
-	p, off, err := s.place(need)
+	p, off, span, err := s.place(need)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -668,7 +711,7 @@ func (s *PackStore) writeBatch(chunks []Chunk) (*packFile, []packLoc, error) {
 		pos += locs[i].recLen()
 	}
 	if err := s.writeRecords(p, off, chunks); err != nil {
-		s.abandon(p, off, need)
+		s.abandon(p, off, span)
 		s.unplace(p)
 		return nil, nil, s.wrapErr("write pack", err)
 	}
@@ -685,32 +728,60 @@ func (s *PackStore) writeBatch(chunks []Chunk) (*packFile, []packLoc, error) {
 
 // place reserves need bytes at the end of the current pack, sealing it
 // and starting a new one first if the region would take it past PackSize.
-func (s *PackStore) place(need int64) (*packFile, int64, error) {
+// It returns the region's offset and its span (need, padded to dioAlign
+// for a pack written with O_DIRECT).
+func (s *PackStore) place(need int64) (p *packFile, off, span int64, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.failed != nil {
-		return nil, 0, s.failed
+		return nil, 0, 0, s.failed
 	}
-	p := s.cur
-	if p.size > packHeaderSize && p.size+need > s.cfg.PackSize {
+	p = s.cur
+	off, span = p.region(need)
+	if p.size > packHeaderSize && off+span > s.cfg.PackSize {
 		np, err := s.createPack(p.num + 1)
 		if err != nil {
-			return nil, 0, err
+			return nil, 0, 0, err
 		}
 		s.packs[np.num] = np
 		s.cur = np
+		if p.writers == 0 {
+			p.closeDirect()
+		}
 		p = np
+		off, span = p.region(need)
 	}
-	off := p.size
-	p.size += need
+	p.size = off + span
 	p.writers++
-	return p, off, nil
+	return p, off, span, nil
 }
 
+// region is where a region of need bytes would go in p, and its span.
+func (p *packFile) region(need int64) (off, span int64) {
+	if p.df == nil {
+		return p.size, need
+	}
+	return alignUp(p.size), alignUp(need)
+}
+
+// unplace drops a writer reference; a sealed pack's O_DIRECT file is
+// closed with its last writer.
 func (s *PackStore) unplace(p *packFile) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	p.writers--
-	s.mu.Unlock()
+	if p != s.cur && p.writers == 0 {
+		p.closeDirect()
+	}
+}
+
+func (p *packFile) closeDirect() {
+	p.rw.Lock()
+	defer p.rw.Unlock()
+	if p.df != nil {
+		p.df.Close()
+		p.df = nil
+	}
 }
 
 // abandon gives back a region whose write failed, if nothing was placed
@@ -751,7 +822,65 @@ func (s *PackStore) writeRecords(p *packFile, off int64, chunks []Chunk) error {
 	if p.f == nil {
 		return fmt.Errorf("pack %s was removed", p.path)
 	}
+	if p.df != nil {
+		return writeDirect(p.df, off, iovs)
+	}
 	return pwritevAll(p.f, iovs, off)
+}
+
+// stagingSize is the size of one O_DIRECT write.
+const stagingSize = 4 << 20
+
+var staging = sync.Pool{New: func() any {
+	b := alignedBuf(stagingSize)
+	return &b
+}}
+
+func alignedBuf(n int) []byte {
+	b := make([]byte, n+dioAlign)
+	o := int(uintptr(unsafe.Pointer(&b[0])) & (dioAlign - 1))
+	if o != 0 {
+		o = dioAlign - o
+	}
+	return b[o : o+n : o+n]
+}
+
+// writeDirect writes the bytes of iovs at off (aligned) through an aligned
+// staging buffer, stagingSize at a time, zero-padding the end to dioAlign.
+func writeDirect(f *os.File, off int64, iovs [][]byte) error {
+	bp := staging.Get().(*[]byte)
+	defer staging.Put(bp)
+	buf := *bp
+	n := 0
+	flush := func(final bool) error {
+		w := n
+		if final {
+			w = int(alignUp(int64(n)))
+			clear(buf[n:w])
+		}
+		if w == 0 {
+			return nil
+		}
+		if _, err := f.WriteAt(buf[:w], off); err != nil {
+			return err
+		}
+		off += int64(w)
+		n = 0
+		return nil
+	}
+	for _, b := range iovs {
+		for len(b) > 0 {
+			k := copy(buf[n:], b)
+			n += k
+			b = b[k:]
+			if n == len(buf) {
+				if err := flush(false); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return flush(true)
 }
 
 // pwritevAll writes every byte of iovs at off (IOV_MAX at a time, resuming

@@ -168,12 +168,8 @@ func (s *PackStore) compactPack(ctx context.Context, p *packFile, recs []movedRe
 	// Readers holding the pack finish first; later ones find it gone and
 	// look the chunk up again (the index no longer names this pack).
 	p.rw.Lock()
-	f := p.f
-	p.f = nil
+	p.closeFiles()
 	p.rw.Unlock()
-	if f != nil {
-		f.Close()
-	}
 	if err := os.Remove(p.path); err != nil {
 		return false, err
 	}
@@ -188,8 +184,18 @@ func (s *PackStore) compactPack(ctx context.Context, p *packFile, recs []movedRe
 func (s *PackStore) moveRecords(p *packFile, recs []movedRecord) error {
 	chunks := make([]Chunk, 0, len(recs))
 	keep := recs[:0:0]
+	bp := scratch.Get().(*[]byte)
+	defer scratch.Put(bp)
 	for _, r := range recs {
 		data, err := s.readChunk(r.id, r.loc)
+		if err == nil {
+			// Pack records carry no data checksum: re-hash what is
+			// moved, so that a damaged chunk is reported here rather
+			// than copied.
+			if *bp, err = CheckChunk((*bp)[:0], Chunk{ID: r.id, Data: data}); err != nil {
+				err = fmt.Errorf("%w: pack %s offset %d: %w", ErrPackCorrupt, packName(r.loc.pack), r.loc.off, err)
+			}
+		}
 		if err != nil {
 			// A damaged record stays where it is (and so does its
 			// pack): compaction must not turn corruption into loss.

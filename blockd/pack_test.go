@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -68,10 +69,11 @@ func TestPackConformance(t *testing.T) {
 }
 
 // The conformance suite again with the default (64 MiB when Small) pack
-// size: everything in one pack.
-func TestPackConformanceOnePack(t *testing.T) {
+// size, everything in one pack, written through the page cache instead
+// of with O_DIRECT.
+func TestPackConformanceBuffered(t *testing.T) {
 	storetest.Run(t, func(t *testing.T) blockd.PruneStore {
-		return openPackCfg(t, blockd.PackConfig{Dir: t.TempDir()})
+		return openPackCfg(t, blockd.PackConfig{Dir: t.TempDir(), BufferedWrites: true})
 	})
 }
 
@@ -188,7 +190,7 @@ func TestPackUnindexedTail(t *testing.T) {
 
 	s2 := openPackCfg(t, blockd.PackConfig{Dir: dir})
 	if got := lastPack(t, s2); got.Size != p.Size {
-		t.Fatalf("last pack is %d bytes after reopen, want %d (cut back to its last indexed record)", got.Size, p.Size)
+		t.Fatalf("last pack is %d bytes after reopen, want %d (cut back to its last indexed region)", got.Size, p.Size)
 	}
 	if fi, _ := os.Stat(p.Path); fi.Size() != p.Size {
 		t.Fatalf("pack file is %d bytes, want %d", fi.Size(), p.Size)
@@ -240,10 +242,11 @@ func TestPackTornNewPack(t *testing.T) {
 	storetest.CheckHolds(t, s2, append(slices.Clone(chunks), more...))
 }
 
-// Damage to a pack is an error wrapping ErrPackCorrupt on Get, never
-// wrong data: a flipped byte (CRC), a record header that names another
-// chunk, a pack cut short, a pack file gone. Through a server, the client
-// gets an error too; other chunks stay readable.
+// Damage to a pack's structure is an error wrapping ErrPackCorrupt on
+// Get: a record header that names another chunk or length (header CRC),
+// a pack cut short, a pack file gone. Damaged content (a flipped data
+// byte) is what readers catch: the client's GetRaw re-hashes and fails,
+// and compaction refuses to move it. Other chunks stay readable.
 func TestPackCorruption(t *testing.T) {
 	dir := t.TempDir()
 	ctx := context.Background()
@@ -297,23 +300,30 @@ func TestPackCorruption(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	for _, i := range []int{0, 2, 5} {
+	// 4. A damaged length field.
+	path, off = where(chunks[7].ID)
+	patch(path, off+4, []byte{0xff})
+
+	for _, i := range []int{2, 5, 7} {
 		if _, err := s.Get(ctx, chunks[i].ID); !errors.Is(err, blockd.ErrPackCorrupt) {
 			t.Errorf("Get of damaged chunk %d = %v, want ErrPackCorrupt", i, err)
 		} else {
 			t.Logf("chunk %d: %v", i, err)
 		}
 	}
-	// Through Verify and a server: an error reaches the client.
+	if got, err := s.Get(ctx, chunks[0].ID); err != nil || bytes.Equal(got, chunks[0].Data) {
+		t.Errorf("Get of the chunk with a flipped byte = %v (the store hands out what it has)", err)
+	}
+	// Through Verify and a server: the client's check catches it.
 	ts := startServer(t, blockd.Verify(s).(blockd.PruneStore), 0)
 	c := blockd.NewClient(ts.url, tokenFor(0, "b1"), testHTTP)
-	if _, err := c.GetRaw(ctx, nil, chunks[0].ID); err == nil {
-		t.Error("client read a corrupt chunk without an error")
+	if _, err := c.GetRaw(ctx, nil, chunks[0].ID); !errors.Is(err, cas.ErrHashMismatch) && !errors.Is(err, cas.ErrCorruptChunk) {
+		t.Errorf("client read of a chunk with a flipped byte = %v, want a hash mismatch", err)
 	}
 	if got, err := c.GetRaw(ctx, nil, chunks[1].ID); err != nil || len(got) != 20000 {
 		t.Errorf("undamaged chunk through the server: %d bytes, %v", len(got), err)
 	}
-	// 4. A pack file gone (found at the next open).
+	// 5. A pack file gone (found at the next open).
 	path, _ = where(chunks[8].ID)
 	s.Close()
 	if err := os.Remove(path); err != nil {
@@ -323,7 +333,7 @@ func TestPackCorruption(t *testing.T) {
 	if _, err := s2.Get(ctx, chunks[8].ID); !errors.Is(err, blockd.ErrPackCorrupt) {
 		t.Errorf("Get of a chunk in a removed pack = %v, want ErrPackCorrupt", err)
 	}
-	for _, i := range []int{1, 3, 4, 10, 11} {
+	for _, i := range []int{1, 3, 4, 6, 10, 11} {
 		if got, err := s2.Get(ctx, chunks[i].ID); err != nil || !bytes.Equal(got, chunks[i].Data) {
 			t.Errorf("undamaged chunk %d: %v", i, err)
 		}
@@ -542,38 +552,40 @@ func TestPackNoSpace(t *testing.T) {
 		t.Logf("%d chunks acknowledged, then: %v", len(acked), err)
 		storetest.CheckHolds(t, s, acked)
 	})
-	t.Run("enospc", func(t *testing.T) {
-		dir := t.TempDir()
-		mountTmpfs(t, filepath.Join(dir, "packs"), "24m")
-		s := openPackCfg(t, blockd.PackConfig{Dir: dir, PackSize: 4 << 20, MinFreeBytes: -1})
-		acked, err := fill(t, s, 2)
-		if !errors.Is(err, blockd.ErrNoSpace) || !errors.Is(err, syscall.ENOSPC) {
-			t.Fatalf("put on a full file system = %v, want ErrNoSpace and ENOSPC", err)
-		}
-		t.Logf("%d chunks acknowledged, then: %v", len(acked), err)
-		storetest.CheckHolds(t, s, acked)
-		// The failed region was given back: the last pack ends at its
-		// last record.
-		p := lastPack(t, s)
-		if fi, _ := os.Stat(p.Path); fi.Size() != p.Size || p.DeadBytes() != 0 {
-			t.Fatalf("last pack: file %d bytes, store says %d, %d dead", fi.Size(), p.Size, p.DeadBytes())
-		}
-		// Free most of it; compaction then makes room for new puts.
-		if err := s.Delete(ctx, storetest.IDs(acked[:len(acked)*3/4])); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := s.Compact(ctx, 0.5); err != nil {
-			t.Fatal(err)
-		}
-		more := storetest.Chunks(99, 64, 64<<10)
-		if err := s.Put(ctx, more); err != nil {
-			t.Fatalf("put after compaction freed space: %v", err)
-		}
-		storetest.CheckHolds(t, s, append(slices.Clone(acked[len(acked)*3/4:]), more...))
-		s.Close()
-		s2 := openPackCfg(t, blockd.PackConfig{Dir: dir, PackSize: 4 << 20, MinFreeBytes: -1})
-		storetest.CheckHolds(t, s2, append(slices.Clone(acked[len(acked)*3/4:]), more...))
-	})
+	for _, buffered := range []bool{false, true} {
+		t.Run("enospc/buffered="+strconv.FormatBool(buffered), func(t *testing.T) {
+			dir := t.TempDir()
+			mountTmpfs(t, filepath.Join(dir, "packs"), "24m")
+			s := openPackCfg(t, blockd.PackConfig{Dir: dir, PackSize: 4 << 20, MinFreeBytes: -1, BufferedWrites: buffered})
+			acked, err := fill(t, s, 2)
+			if !errors.Is(err, blockd.ErrNoSpace) || !errors.Is(err, syscall.ENOSPC) {
+				t.Fatalf("put on a full file system = %v, want ErrNoSpace and ENOSPC", err)
+			}
+			t.Logf("%d chunks acknowledged, then: %v", len(acked), err)
+			storetest.CheckHolds(t, s, acked)
+			// The failed region was given back: the last pack ends at its
+			// last region (dead bytes are at most alignment padding).
+			p := lastPack(t, s)
+			if fi, _ := os.Stat(p.Path); fi.Size() != p.Size || p.DeadBytes() >= 64<<10 {
+				t.Fatalf("last pack: file %d bytes, store says %d, %d dead", fi.Size(), p.Size, p.DeadBytes())
+			}
+			// Free most of it; compaction then makes room for new puts.
+			if err := s.Delete(ctx, storetest.IDs(acked[:len(acked)*3/4])); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := s.Compact(ctx, 0.5); err != nil {
+				t.Fatal(err)
+			}
+			more := storetest.Chunks(99, 64, 64<<10)
+			if err := s.Put(ctx, more); err != nil {
+				t.Fatalf("put after compaction freed space: %v", err)
+			}
+			storetest.CheckHolds(t, s, append(slices.Clone(acked[len(acked)*3/4:]), more...))
+			s.Close()
+			s2 := openPackCfg(t, blockd.PackConfig{Dir: dir, PackSize: 4 << 20, MinFreeBytes: -1, BufferedWrites: buffered})
+			storetest.CheckHolds(t, s2, append(slices.Clone(acked[len(acked)*3/4:]), more...))
+		})
+	}
 }
 
 // TestPackGroupCommit: concurrent Puts share syncs.
