@@ -66,7 +66,12 @@ func Open(cfg Config) (*Stores, error) {
 	if err != nil {
 		return nil, err
 	}
-	blocks, _, err := blockd.OpenStore(blockd.StoreConfig{Dir: filepath.Join(cfg.Dir, "blocks"), Logger: cfg.Logger, Small: cfg.Small})
+	// 256 MiB packs whatever Small says: casfs puts batches of 32 MiB,
+	// and a pack of Small's 64 MiB would hold only one of them (a batch's
+	// records are not split between packs), costing a pack creation and
+	// its syncs per batch.
+	blocks, _, err := blockd.OpenStore(blockd.StoreConfig{Dir: filepath.Join(cfg.Dir, "blocks"), Logger: cfg.Logger,
+		Small: cfg.Small, PackSize: 256 << 20})
 	if err != nil {
 		return nil, fmt.Errorf("embed: block store: %w", err)
 	}
