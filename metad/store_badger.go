@@ -126,6 +126,7 @@ type BadgerStore struct {
 	vlogDirty atomic.Bool // a value-log write since the last sync
 	syncMu    sync.Mutex  // one disk sync at a time; later callers share it
 	syncErr   error       // sticky, under syncMu
+	failed    atomic.Bool // syncErr is set
 	syncs     atomic.Uint64
 	stopFlush chan struct{}
 	flushDone chan struct{}
@@ -229,7 +230,11 @@ func (b *BadgerStore) Update(ctx context.Context, fn func(Txn) error) error {
 			}
 			b.written.Add(1)
 			if big {
-				return b.Sync(context.WithoutCancel(ctx))
+				// The transaction is committed whatever the sync says; a
+				// failure sticks and fails the caller's next Sync.
+				if err := b.Sync(context.WithoutCancel(ctx)); err != nil {
+					b.log.Error("sync after a value-log write failed", "err", err)
+				}
 			}
 			return nil
 		case errors.Is(err, badger.ErrConflict):
@@ -429,11 +434,8 @@ func (b *BadgerStore) Sync(ctx context.Context) error {
 		return nil
 	}
 	target := b.written.Load()
-	if b.synced.Load() >= target {
-		b.syncMu.Lock()
-		err := b.syncErr
-		b.syncMu.Unlock()
-		return err
+	if b.synced.Load() >= target && !b.failed.Load() {
+		return nil
 	}
 	if err := ctx.Err(); err != nil {
 		return err
@@ -449,6 +451,7 @@ func (b *BadgerStore) Sync(ctx context.Context) error {
 	upto := b.written.Load()
 	if err := b.syncFiles(b.vlogDirty.Swap(false)); err != nil {
 		b.syncErr = fmt.Errorf("metad: syncing the store: %w", err)
+		b.failed.Store(true)
 		return b.syncErr
 	}
 	b.synced.Store(upto)
