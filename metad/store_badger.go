@@ -215,16 +215,17 @@ func (b *BadgerStore) Update(ctx context.Context, fn func(Txn) error) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		var big bool
+		var marks txnMarks
 		err := b.db.Update(func(tx *badger.Txn) error {
-			big = false
-			return fn(badgerTxn{tx: tx, vlogMin: b.vlogMin, big: &big})
+			marks = txnMarks{}
+			return fn(badgerTxn{tx: tx, vlogMin: b.vlogMin, marks: &marks})
 		})
 		switch {
 		case err == nil:
-			if b.mode != SyncCommits {
-				return nil
+			if b.mode != SyncCommits || !marks.wrote {
+				return nil // a transaction without writes commits nothing
 			}
+			big := marks.big
 			if big {
 				b.vlogDirty.Store(true) // before written moves: a sync that counts this transaction sees the flag
 			}
@@ -298,7 +299,13 @@ func (b *BadgerStore) Close() error {
 type badgerTxn struct {
 	tx      *badger.Txn
 	vlogMin int64
-	big     *bool // set when a value goes to the value log
+	marks   *txnMarks // nil in View
+}
+
+// txnMarks records what an update transaction wrote.
+type txnMarks struct {
+	wrote bool // any Set or Delete
+	big   bool // a value that goes to the value log
 }
 
 func (t badgerTxn) Get(key []byte) ([]byte, error) {
@@ -313,8 +320,9 @@ func (t badgerTxn) Get(key []byte) ([]byte, error) {
 }
 
 func (t badgerTxn) Set(key, val []byte) error {
-	if t.big != nil && int64(len(val)) >= t.vlogMin {
-		*t.big = true
+	if t.marks != nil {
+		t.marks.wrote = true
+		t.marks.big = t.marks.big || int64(len(val)) >= t.vlogMin
 	}
 	err := t.tx.Set(key, val)
 	if errors.Is(err, badger.ErrTxnTooBig) {
@@ -324,6 +332,9 @@ func (t badgerTxn) Set(key, val []byte) error {
 }
 
 func (t badgerTxn) Delete(key []byte) error {
+	if t.marks != nil {
+		t.marks.wrote = true
+	}
 	err := t.tx.Delete(key)
 	if errors.Is(err, badger.ErrTxnTooBig) {
 		return fmt.Errorf("%w: %v", ErrTxnTooBig, err)
