@@ -220,11 +220,7 @@ func (s *Service) Sync(ctx context.Context) error {
 	if !ok {
 		return nil
 	}
-	if err := y.Sync(ctx); err != nil {
-		s.log.Error("store sync failed", "err", err)
-		return err
-	}
-	return nil
+	return y.Sync(ctx)
 }
 
 // Store returns the underlying store (for fsck and tests).
