@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
@@ -155,6 +156,9 @@ type packFile struct {
 	size    int64 // end of the last record placed (file size plus regions being written)
 	live    int64 // bytes of indexed records, headers included
 	writers int   // batches placed here and not yet indexed (a pack with writers is never compacted)
+
+	raLast atomic.Int64 // end of the last record read
+	raNext atomic.Int64 // end of the range already asked to be read ahead
 }
 
 var (
@@ -269,6 +273,7 @@ func (s *PackStore) load() error {
 		if p.f, err = os.OpenFile(p.path, os.O_RDWR, 0); err != nil {
 			return fmt.Errorf("blockd: open pack: %w", err)
 		}
+		adviseSequential(p.f)
 		s.packs[n] = p
 		fi, err := p.f.Stat()
 		if err != nil {
@@ -355,7 +360,50 @@ func (s *PackStore) createPack(n uint32) (*packFile, error) {
 	}
 	p.f = f
 	p.df = s.openDirect(p.path)
+	adviseSequential(f)
 	return p, nil
+}
+
+// readAheadWindow is how far past a forward-moving reader a pack is read
+// ahead.
+const readAheadWindow = 8 << 20
+
+// readAhead asks the kernel to start reading the window after a record
+// when reads of this pack move forward. The kernel's own readahead does not
+// follow them: casfs fetches a file's chunks several at a time, so
+// concurrent preads of neighbouring records reach the file out of order
+// (measured: cold reads through casfs at 200-300 MB/s from packs that dd
+// reads at 850 MB/s). Called with p.rw held shared.
+func (p *packFile) readAhead(off, n int64) {
+	end := off + n
+	last := p.raLast.Swap(end)
+	if off < last-readAheadWindow || off > last+readAheadWindow {
+		return // not near the previous read: no pattern
+	}
+	next := p.raNext.Load()
+	if next >= end+readAheadWindow/2 && next <= end+readAheadWindow {
+		return // far enough ahead already
+	}
+	start := next
+	if next < end || next > end+readAheadWindow {
+		start = end // behind the reader, or left from a jump back
+	}
+	stop := end + readAheadWindow
+	if !p.raNext.CompareAndSwap(next, stop) {
+		return // another reader is doing it
+	}
+	if rc, err := p.f.SyscallConn(); err == nil {
+		rc.Control(func(fd uintptr) { unix.Fadvise(int(fd), start, stop-start, unix.FADV_WILLNEED) })
+	}
+}
+
+// adviseSequential asks for a larger readahead on a pack: chunks of a file
+// are stored in file order, so reads of a file through casfs walk a pack
+// forward (a hint only; errors are ignored).
+func adviseSequential(f *os.File) {
+	if rc, err := f.SyscallConn(); err == nil {
+		rc.Control(func(fd uintptr) { unix.Fadvise(int(fd), 0, 0, unix.FADV_SEQUENTIAL) })
+	}
 }
 
 // dioAlign is the alignment of O_DIRECT offsets, lengths and buffers.
@@ -518,6 +566,7 @@ func (s *PackStore) readChunk(id cas.ChunkID, loc packLoc) ([]byte, error) {
 		p.rw.RUnlock()
 		return nil, errPackGone
 	}
+	p.readAhead(loc.off, loc.recLen())
 	n, err := p.f.ReadAt(buf, loc.off)
 	p.rw.RUnlock()
 	if errors.Is(err, io.EOF) {
