@@ -35,6 +35,12 @@ type Port interface {
 // OutputDrainer is implemented by ports whose transport buffers frames that
 // were written but not yet taken by the peer (sockets). FreezePort waits
 // until Unconsumed reports zero.
+//
+// A port whose transport buffers written frames must implement it when the
+// peer is a node that gets checkpointed: a paused node takes nothing more,
+// so a frame still buffered when it pauses is in neither the node's snapshot
+// nor the switch's log, and a restore loses it. Without OutputDrainer,
+// FreezePort assumes that WriteBatch handed the frames to the peer.
 type OutputDrainer interface {
 	Unconsumed() (int, error)
 }

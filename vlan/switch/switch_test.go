@@ -426,7 +426,15 @@ func TestInFlightLimit(t *testing.T) {
 }
 
 // slowPort delays every read, so that frames pile up in front of the switch.
-// It hides the MemPort's InputDrainer and OutputDrainer on purpose.
+// It hides the MemPort's InputDrainer on purpose: PortCheckpointed must then
+// drain the paused node's output with read timeouts.
+//
+// It keeps OutputDrainer. The MemPort buffers written frames until the node
+// takes them, as a socket does, and a port whose transport buffers must say
+// so: without Unconsumed, FreezePort cannot wait for the node, and frames
+// still queued when the node pauses are in neither its snapshot nor the
+// log, so a restore (onto new ports) loses them. A real VM port (StreamPort,
+// DgramPort) reports them; hiding it modelled a port that does not exist.
 type slowPort struct {
 	p     *MemPort
 	delay time.Duration
@@ -437,6 +445,7 @@ func (s slowPort) ReadBatch(fs []*Frame) (int, error) {
 	return s.p.ReadBatch(fs[:min(len(fs), 4)])
 }
 func (s slowPort) WriteBatch(fs []*Frame) (int, error) { return s.p.WriteBatch(fs) }
+func (s slowPort) Unconsumed() (int, error)            { return s.p.Unconsumed() }
 func (s slowPort) SetReadDeadline(t time.Time) error   { return s.p.SetReadDeadline(t) }
 func (s slowPort) Close() error                        { return s.p.Close() }
 
@@ -515,5 +524,72 @@ func TestResumeAbortsCheckpoint(t *testing.T) {
 	}
 	if err := sw.BeginCheckpoint(ctx, 2); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestFreezePortWaitsForNode: FreezePort on a port that buffers written
+// frames (OutputDrainer) returns only once the node has taken them, so that
+// a node paused right after it has nothing in transit towards it that its
+// snapshot and the log would both miss.
+func TestFreezePortWaitsForNode(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	sw := newTestSwitch(t, Config{})
+	a, b := NewMemPort(16), NewMemPort(16)
+	mustAdd(t, sw, PortConfig{Name: "a", VLAN: 1}, a)
+	mustAdd(t, sw, PortConfig{Name: "b", VLAN: 1}, b)
+	_ = b.Send(ctx, ethFrame(9, 2, "learn b"))
+	if recvTimeout(t, a, time.Second) == nil {
+		t.Fatal("a did not get b's flood")
+	}
+	if err := sw.BeginCheckpoint(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 3; i++ {
+		_ = a.Send(ctx, ethFrame(2, 1, "before the freeze"))
+	}
+	for deadline := time.Now().Add(5 * time.Second); b.Delivered() < 3; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("b has %d of 3 frames", b.Delivered())
+		}
+	}
+	short, cancelShort := context.WithTimeout(ctx, 50*time.Millisecond)
+	err := sw.FreezePort(short, "b")
+	cancelShort()
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("FreezePort with 3 frames untaken: err=%v, want a deadline error", err)
+	}
+	// The cut took effect anyway: a frame from a (still in epoch 0) is
+	// logged, not written.
+	_ = a.Send(ctx, ethFrame(2, 1, "after the freeze"))
+	done := make(chan error, 1)
+	go func() { done <- sw.FreezePort(ctx, "b") }()
+	select {
+	case err := <-done:
+		t.Fatalf("FreezePort returned (%v) while b still had %d frames to take", err, b.Delivered())
+	case <-time.After(30 * time.Millisecond):
+	}
+	for i := 0; i < 3; i++ {
+		if got := recvTimeout(t, b, time.Second); !bytes.Contains(got, []byte("before the freeze")) {
+			t.Fatalf("b frame %d: %q", i, got)
+		}
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("FreezePort after b took its frames: %v", err)
+	}
+	if got := recvTimeout(t, b, 50*time.Millisecond); got != nil {
+		t.Fatalf("b got %q after its receive side was cut", got)
+	}
+	for _, p := range []string{"a", "b"} {
+		if err := sw.PortCheckpointed(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lg, err := sw.EndCheckpoint(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(lg.Entries) != 1 || lg.Entries[0].Port != "b" || !bytes.Contains(lg.Entries[0].Frame, []byte("after the freeze")) {
+		t.Fatalf("log %+v, want the one frame sent after the freeze, for b", lg.Entries)
 	}
 }

@@ -19,6 +19,9 @@ type nodeIO interface {
 
 const testEtherType = 0x88b5 // local experimental
 
+// recvStall is how long a lagging node's receiver stops now and then.
+const recvStall = 3 * time.Millisecond
+
 // tnode is a simulated node: it sends sequence-numbered frames to every peer
 // in its VLAN and checks that what it receives arrives once, in order.
 type tnode struct {
@@ -76,12 +79,17 @@ func (n *tnode) start(pace time.Duration) {
 	n.wgRecv.Add(1)
 	go func() {
 		defer n.wgRecv.Done()
-		for {
+		for k := 1; ; k++ {
 			b, err := n.io.Recv(ctx)
 			if err != nil {
 				return
 			}
 			n.check(b)
+			if n.idx%2 == 1 && k%32 == 0 {
+				// A lagging guest: now and then its receiver is off the
+				// CPU, so frames queue towards it, also when it is frozen.
+				time.Sleep(recvStall)
+			}
 		}
 	}()
 	sctx, scancel := context.WithCancel(context.Background())
@@ -159,6 +167,14 @@ func (n *tnode) pause() {
 	}
 	n.cancelRecv()
 	n.wgRecv.Wait()
+	// A paused VM takes nothing more, and a restore starts it on new ports:
+	// what the switch wrote that the node did not take before FreezePort
+	// returned is in neither the node's snapshot nor the log.
+	if d, ok := n.io.(interface{ Delivered() int }); ok {
+		if k := d.Delivered(); k > 0 {
+			n.t.Errorf("node %s paused with %d frames written to it but not taken: FreezePort returned too early", n.name, k)
+		}
+	}
 	n.mu.Lock()
 	n.snap = [2]map[int]uint32{clone(n.sent), clone(n.recv)}
 	n.mu.Unlock()
