@@ -94,10 +94,10 @@ func (c *PackConfig) Validate() error {
 }
 
 // PackStore is the default persistent PruneStore: chunk records appended
-// to pack files with pwritev (no memory map, so writing costs one copy into
-// the page cache and stored data never counts toward the process's RSS),
-// and a small badger index from chunk ID to pack, offset and length. The
-// format is described in pack_format.go.
+// to pack files with O_DIRECT (or pwritev where O_DIRECT is refused) and
+// read with pread — no memory map, so stored data never counts toward the
+// process's RSS — and a small badger index from chunk ID to pack, offset
+// and length. The format is described in pack_format.go.
 //
 // A Put writes the batch's new chunks to the current pack, fdatasyncs the
 // pack, then commits the index entries and syncs the index: data is
@@ -499,8 +499,9 @@ func (s *PackStore) fail(err error) {
 	}
 }
 
-// Get implements Store. The record is read with one pread and checked
-// (header and CRC) before it is returned.
+// Get implements Store. The record is read with one pread and its header
+// checked against the index (CRC, ID, length) before the data is returned;
+// the data is checked by the reader (see pack_format.go).
 func (s *PackStore) Get(ctx context.Context, id cas.ChunkID) ([]byte, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -735,7 +736,7 @@ func (s *PackStore) Put(ctx context.Context, chunks []Chunk) error {
 }
 
 // writeBatch places the chunks' records in the current pack as one region,
-// writes them with pwritev and syncs the pack (group sync). It returns the
+// writes them and syncs the pack (group sync). It returns the
 // pack, with a writer reference the caller drops with unplace once the
 // records are indexed, and each chunk's location.
 func (s *PackStore) writeBatch(chunks []Chunk) (*packFile, []packLoc, error) {
@@ -853,8 +854,9 @@ func (s *PackStore) abandon(p *packFile, off, need int64) {
 	p.size = off
 }
 
-// writeRecords writes the chunks' records at off with pwritev, straight
-// from the callers' buffers.
+// writeRecords writes the chunks' records at off: through the O_DIRECT file
+// via the staging buffer, or with pwritev straight from the callers'
+// buffers.
 func (s *PackStore) writeRecords(p *packFile, off int64, chunks []Chunk) error {
 	hdrs := make([]byte, recordHeaderLen*len(chunks))
 	iovs := make([][]byte, 0, 2*len(chunks))
