@@ -190,7 +190,7 @@ type memTrunk struct {
 	nextSeq   uint64 // reader side
 	gapCount  uint64
 	gapMu     sync.Mutex
-	onMarker  func(uint64)
+	markers   markerRelay
 }
 
 type trunkMsg struct {
@@ -214,6 +214,7 @@ func NewMemTrunk(depth int) (Port, Port) {
 }
 
 func (t *memTrunk) ReadBatch(fs []*Frame) (int, error) {
+	t.markers.flush()
 	n := 0
 	for n < len(fs) {
 		var m trunkMsg
@@ -233,9 +234,7 @@ func (t *memTrunk) ReadBatch(fs []*Frame) (int, error) {
 			}
 		}
 		if m.marker {
-			if t.onMarker != nil {
-				t.onMarker(m.epoch)
-			}
+			t.markers.arrived(m.epoch, n)
 			continue
 		}
 		t.gapMu.Lock()
@@ -274,7 +273,7 @@ func (t *memTrunk) sendMarker(epoch uint64) error {
 	}
 }
 
-func (t *memTrunk) setMarkerFunc(f func(uint64)) { t.onMarker = f }
+func (t *memTrunk) setMarkerFunc(f func(uint64)) { t.markers.fn = f }
 
 func (t *memTrunk) gaps() uint64 {
 	t.gapMu.Lock()

@@ -60,7 +60,11 @@ type epochCarrier interface {
 	// written. Called only from the port's writer goroutine.
 	sendMarker(epoch uint64) error
 	// setMarkerFunc registers the function the reader calls, in order with
-	// the frames, when the peer's marker for an epoch arrives.
+	// the frames, when the peer's marker for an epoch arrives: only once
+	// ReadBatch has returned every frame that preceded the marker, and
+	// from within a later ReadBatch call than the one that returned the
+	// last of them (the switch forwards a batch before it reads the next;
+	// see markerRelay).
 	setMarkerFunc(func(epoch uint64))
 	// gaps counts frames the trunk found missing or out of order.
 	gaps() uint64

@@ -39,7 +39,43 @@ type UDPTrunk struct {
 	nextSeq  uint64 // reader goroutine
 	gapCount atomic.Uint64
 	bad      atomic.Uint64
-	onMarker func(uint64)
+	markers  markerRelay
+}
+
+// markerRelay passes a trunk's end-of-epoch markers to the switch in order
+// with the frames. The switch forwards a batch only after ReadBatch has
+// returned it, so a marker read behind frames of the same batch is held and
+// passed on at the start of the next ReadBatch call, once the switch has
+// forwarded those frames. Passed on at once, it could let EndCheckpoint
+// collect a port's log before the peer's last frames of the epoch reached
+// that port: they would be logged too late for the saved log, and a restore
+// would lose them. Used by the reader goroutine only.
+type markerRelay struct {
+	fn      func(epoch uint64)
+	pending uint64 // highest marker held back; 0 if none
+}
+
+// arrived handles a marker read behind `behind` frames of the current
+// batch.
+func (r *markerRelay) arrived(epoch uint64, behind int) {
+	if behind > 0 {
+		r.pending = max(r.pending, epoch)
+		return
+	}
+	r.flush()
+	if r.fn != nil {
+		r.fn(epoch)
+	}
+}
+
+// flush passes on a held marker; ReadBatch calls it first.
+func (r *markerRelay) flush() {
+	if e := r.pending; e != 0 {
+		r.pending = 0
+		if r.fn != nil {
+			r.fn(e)
+		}
+	}
 }
 
 // DialUDPTrunk opens a trunk from laddr to the peer switch at raddr.
@@ -95,6 +131,7 @@ func (t *UDPTrunk) LocalAddr() *net.UDPAddr { return t.conn.LocalAddr().(*net.UD
 
 // ReadBatch implements Port.
 func (t *UDPTrunk) ReadBatch(fs []*Frame) (int, error) {
+	t.markers.flush()
 	for {
 		n, err := t.mm.read(fs)
 		if err != nil {
@@ -117,9 +154,7 @@ func (t *UDPTrunk) ReadBatch(fs []*Frame) (int, error) {
 				if seq != t.nextSeq-1 && seq != 0 {
 					t.gapCount.Add(1)
 				}
-				if t.onMarker != nil {
-					t.onMarker(epoch)
-				}
+				t.markers.arrived(epoch, out)
 				continue
 			}
 			if seq != t.nextSeq && seq != 1 { // 1: the peer restarted
@@ -179,7 +214,7 @@ func (t *UDPTrunk) sendMarker(epoch uint64) error {
 	return err
 }
 
-func (t *UDPTrunk) setMarkerFunc(f func(uint64)) { t.onMarker = f }
+func (t *UDPTrunk) setMarkerFunc(f func(uint64)) { t.markers.fn = f }
 func (t *UDPTrunk) gaps() uint64                 { return t.gapCount.Load() }
 
 // BadDatagrams counts datagrams dropped for a bad header.
