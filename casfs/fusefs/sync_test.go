@@ -136,7 +136,8 @@ func TestSyncCalls(t *testing.T) {
 }
 
 // BenchmarkMetadataMount measures small-file metadata through a real
-// casfs mount over an embedded-style metad (badger) and blockd (badger),
+// casfs mount over an embedded-style metad (badger) and block store (the
+// default pack store, with embedded mode's pack size),
 // with metad syncing every change (all, the old default) and only commits
 // (commits, the new default).
 //
@@ -241,12 +242,12 @@ func itoa(i int) string {
 	return string(buf[n:])
 }
 
-// benchMount mounts casfs over a badger metad in mode and a badger blockd,
+// benchMount mounts casfs over a badger metad in mode and a block store,
 // both under the benchmark's temporary directory (on disk, as in embedded
 // mode).
 func benchMount(b *testing.B, mode metad.SyncMode) string {
 	b.Helper()
-	blocks, err := blockd.OpenBadger(blockd.BadgerConfig{Dir: b.TempDir(), Small: true})
+	blocks, _, err := blockd.OpenStore(blockd.StoreConfig{Dir: b.TempDir(), Small: true, PackSize: 256 << 20}) // as embedded mode
 	if err != nil {
 		b.Fatal(err)
 	}
