@@ -348,18 +348,22 @@ func (h *Handle) Read(ctx context.Context, dest []byte, off int64) (int, error) 
 		return 0, metad.ErrInvalid
 	}
 	in.mu.Lock()
-	if in.w != nil {
-		defer in.mu.Unlock()
+	if in.w != nil && in.w.err == nil {
 		if in.w.stream != nil {
 			if err := in.endStreamLocked(ctx); err != nil {
+				in.mu.Unlock()
 				return 0, err
 			}
 		}
-		if in.w.err != nil {
-			return 0, in.w.err
+		if in.w.err == nil {
+			defer in.mu.Unlock()
+			return in.readMergedLocked(ctx, dest, uint64(off))
 		}
-		return in.readMergedLocked(ctx, dest, uint64(off))
 	}
+	// No unflushed writes, or they failed: the writer was told (write,
+	// close or fsync returned the error) and they are dropped at release,
+	// so until then readers see the last committed content, as a remount
+	// would, rather than the writer's error.
 	plan, err := in.planLocked(ctx)
 	in.mu.Unlock()
 	if err != nil {
