@@ -39,7 +39,9 @@ func fsckQueued(t *testing.T, data string) (pending, releases int) {
 // manifest and the store works; the interrupted commit is rolled back and
 // the release finished.
 func TestSIGKILLMidBigCommit(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	// Generous: on a loaded 2-core machine each commit takes several
+	// seconds and every round restarts metad twice and runs fsck twice.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	secret, keys := writeSecret(t)
 	b0 := startDaemon(t, blockdBinary(t), "--data", t.TempDir(), "--secret-file", secret, "--name", "b0")
@@ -87,20 +89,32 @@ func TestSIGKILLMidBigCommit(t *testing.T) {
 	t.Logf("commit of %d chunks: %v", n, full)
 
 	// Kill during commits of the other version, at growing delays, until
-	// one kill lands while the commit is pending.
+	// one kill lands while the commit is pending. A commit that finished
+	// before its kill shows the machine got faster: later delays scale with
+	// the time that commit took, so the kills keep landing inside commits.
 	cur, sawPending := 0, false
-	for round := 0; round < 6 && !sawPending; round++ {
+	for round := 0; round < 8 && !sawPending; round++ {
 		next := 1 - cur
-		done := make(chan error, 1)
+		type result struct {
+			err error
+			dur time.Duration
+		}
+		done := make(chan result, 1)
 		go func() {
+			start := time.Now()
 			_, err := c.Commit(ctx, metad.CommitRequest{Ino: a.Ino, Manifest: manifestOf(vids[next]...)})
-			done <- err
+			done <- result{err, time.Since(start)}
 		}()
-		time.Sleep(full * time.Duration(2+round) / 8)
+		delay := full * time.Duration(2+round%6) / 8
+		time.Sleep(delay)
 		md.kill()
-		acked := <-done == nil
+		res := <-done
+		acked := res.err == nil
+		if acked && res.dur < full {
+			full = res.dur
+		}
 		p, r := fsckQueued(t, data)
-		t.Logf("round %d: killed after %v: acknowledged %v, pending commits %d, queued releases %d", round, full*time.Duration(2+round)/8, acked, p, r)
+		t.Logf("round %d: killed after %v: acknowledged %v, pending commits %d, queued releases %d", round, delay, acked, p, r)
 		sawPending = sawPending || p > 0
 		md = startDaemon(t, "", args...)
 		c = metad.NewClient(md.url(), keys, "test", nil)
