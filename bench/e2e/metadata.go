@@ -132,7 +132,7 @@ func runMetadata(ctx context.Context, log *slog.Logger, o options, r *report) er
 		}
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "%d empty files per phase; readdir counts entries returned per second; `tar x` unpacks Go's `src/crypto` tree (%d files) and syncs. casfs makes every namespace change durable before it returns and every file durable at close (a metad transaction with fsync each, plus a blockd sync per file with data); tmpfs and local disk sync nothing until the final `sync -f`.\n\n", files, nfiles)
+	fmt.Fprintf(&b, "%d empty files per phase; readdir counts entries returned per second; `tar x` unpacks Go's `src/crypto` tree (%d files) and syncs. casfs makes every file durable at close (a metad commit with fsync, plus a block-store sync per file with data) and other namespace changes durable within a second (metad `--sync=commits`); tmpfs and local disk sync nothing until the final `sync -f`.\n\n", files, nfiles)
 	b.WriteString("| target | create/s | stat/s | readdir entries/s | unlink/s | tar x s (min–max) |\n|---|---|---|---|---|---|\n")
 	for _, n := range order {
 		rs := results[n]

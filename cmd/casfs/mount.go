@@ -55,7 +55,7 @@ func init() {
 		RunE:  func(cmd *cobra.Command, args []string) error { return runMount(cmd.Context(), o, args) },
 	}
 	f := cmd.Flags()
-	f.StringVar(&o.Data, "data", "", "embedded mode: run metad and blockd in-process on badger stores under `DIR`")
+	f.StringVar(&o.Data, "data", "", "embedded mode: run metad (badger) and blockd (pack files) in-process on stores under `DIR`")
 	f.StringVar(&o.Meta, "meta", "", "daemon mode: base `URL` of metad (blockd servers come from metad's plans)")
 	f.StringVar(&o.SecretFile, "secret-file", "", "daemon mode: token secret shared with metad")
 	f.StringVar(&o.Staging, "staging", "", "directory for random-write spill files (default DIR/staging or $TMPDIR/casfs-staging)")
