@@ -78,17 +78,7 @@ func Mount(dir string, fsys *casfs.FS, opts Options) (*fuse.Server, error) {
 	root := &node{r: r, id: metad.Node{Snap: metad.LiveSnap, Ino: metad.RootIno}}
 	zero := time.Duration(0)
 	fo := &fs.Options{
-		MountOptions: fuse.MountOptions{
-			DirectMount:   true,
-			AllowOther:    opts.AllowOther,
-			FsName:        opts.FsName,
-			Name:          "casfs",
-			MaxWrite:      1 << 20,
-			MaxReadAhead:  1 << 20,
-			MaxBackground: 64,
-			Debug:         opts.Debug,
-			Options:       []string{"default_permissions"},
-		},
+		MountOptions: mountOptions(opts),
 		// Each node sets its own timeouts; negative lookups are not cached
 		// so files created on other nodes appear.
 		EntryTimeout:    &opts.EntryTimeout,
@@ -97,6 +87,21 @@ func Mount(dir string, fsys *casfs.FS, opts Options) (*fuse.Server, error) {
 		RootStableAttr:  &fs.StableAttr{Ino: uint64(metad.RootIno), Mode: syscall.S_IFDIR},
 	}
 	return fs.Mount(dir, root, fo)
+}
+
+// mountOptions are the FUSE mount options casfs mounts with.
+func mountOptions(opts Options) fuse.MountOptions {
+	return fuse.MountOptions{
+		DirectMount:   true,
+		AllowOther:    opts.AllowOther,
+		FsName:        opts.FsName,
+		Name:          "casfs",
+		MaxWrite:      1 << 20,
+		MaxReadAhead:  1 << 20,
+		MaxBackground: 64,
+		Debug:         opts.Debug,
+		Options:       []string{"default_permissions"},
+	}
 }
 
 type rootData struct {
