@@ -36,8 +36,9 @@ type Client struct {
 }
 
 var (
-	_ PruneStore = (*Client)(nil)
-	_ UsageStore = (*Client)(nil)
+	_ PruneStore  = (*Client)(nil)
+	_ UsageStore  = (*Client)(nil)
+	_ BatchGetter = (*Client)(nil)
 )
 
 // NewClient returns a client of the server at baseURL (e.g.
@@ -214,10 +215,7 @@ func (c *Client) getMany(ctx context.Context, ids []cas.ChunkID, fn func(cas.Chu
 		}
 	}
 	missing = append(missing, ids[next:]...)
-	if len(missing) > 0 {
-		return fmt.Errorf("blockd: %d of %d chunks (first %s): %w", len(missing), len(ids), missing[0], ErrNotFound)
-	}
-	return nil
+	return missingError(len(ids), missing)
 }
 
 // Missing implements Store.

@@ -510,6 +510,11 @@ func (s *PackStore) Get(ctx context.Context, id cas.ChunkID) ([]byte, error) {
 		return nil, err
 	}
 	defer s.leave()
+	return s.getLocked(id)
+}
+
+// getLocked is Get, called between enter and leave.
+func (s *PackStore) getLocked(id cas.ChunkID) ([]byte, error) {
 	var prev packLoc
 	for attempt := 0; ; attempt++ {
 		loc, err := s.lookup(id)

@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
+	"math/rand/v2"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -351,6 +353,101 @@ func TestPackCorruption(t *testing.T) {
 	}
 }
 
+// GetMany reads runs of neighbouring records across pack boundaries and
+// region padding, delivers in request order, and turns a damaged record
+// into an error, never into wrong bytes.
+func TestPackGetMany(t *testing.T) {
+	ctx := context.Background()
+	for _, buffered := range []bool{false, true} {
+		t.Run(fmt.Sprintf("buffered=%v", buffered), func(t *testing.T) {
+			s := openPackCfg(t, blockd.PackConfig{Dir: t.TempDir(), PackSize: 96 << 10, BufferedWrites: buffered})
+			chunks := storetest.Chunks(31, 60, 7000)
+			for i := 0; i < len(chunks); i += 3 { // regions of 3 records
+				if err := s.Put(ctx, chunks[i:i+3]); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if n := len(s.Packs()); n < 4 {
+				t.Fatalf("%d packs, want at least 4", n)
+			}
+			byID := map[cas.ChunkID][]byte{}
+			for _, c := range chunks {
+				byID[c.ID] = c.Data
+			}
+			check := func(ids []cas.ChunkID) ([]cas.ChunkID, error) {
+				var got []cas.ChunkID
+				err := s.GetMany(ctx, ids, func(id cas.ChunkID, enc []byte) error {
+					if !bytes.Equal(enc, byID[id]) {
+						t.Fatalf("chunk %s: wrong bytes", id.Short())
+					}
+					got = append(got, id)
+					return nil
+				})
+				return got, err
+			}
+			// Every chunk, in store order and shuffled.
+			ids := storetest.IDs(chunks)
+			if got, err := check(ids); err != nil || !slices.Equal(got, ids) {
+				t.Fatalf("GetMany of all = %d chunks, %v", len(got), err)
+			}
+			rand.New(rand.NewPCG(1, 2)).Shuffle(len(ids), func(i, j int) { ids[i], ids[j] = ids[j], ids[i] })
+			if got, err := check(ids); err != nil || !slices.Equal(got, ids) {
+				t.Fatalf("GetMany shuffled = %d chunks, %v", len(got), err)
+			}
+			// A deleted (absent) chunk in the middle.
+			if err := s.Delete(ctx, []cas.ChunkID{chunks[10].ID}); err != nil {
+				t.Fatal(err)
+			}
+			ids = storetest.IDs(chunks[5:20])
+			got, err := check(ids)
+			if !errors.Is(err, blockd.ErrNotFound) || len(got) != 14 || slices.Contains(got, chunks[10].ID) {
+				t.Fatalf("GetMany with a deleted chunk = %d chunks, %v", len(got), err)
+			}
+			// A damaged record header inside a run: an error, and no
+			// chunk after it is delivered from a run that held it.
+			pk := s.Packs()[1]
+			b, err := os.ReadFile(pk.Path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			victim := -1
+			for i, c := range chunks {
+				if j := bytes.Index(b, c.ID[:]); j >= 0 && i > 0 && i != 10 {
+					victim = i
+					f, err := os.OpenFile(pk.Path, os.O_WRONLY, 0)
+					if err != nil {
+						t.Fatal(err)
+					}
+					f.WriteAt([]byte{b[j-8] ^ 1}, int64(j-8)) // the record magic
+					f.Close()
+					break
+				}
+			}
+			if victim < 0 {
+				t.Fatal("no chunk found in the second pack")
+			}
+			ids = storetest.IDs(chunks[victim-1 : victim+2])
+			got, err = check(ids)
+			if !errors.Is(err, blockd.ErrPackCorrupt) || slices.Contains(got, chunks[victim].ID) {
+				t.Fatalf("GetMany over a damaged record = %d chunks, %v; want ErrPackCorrupt", len(got), err)
+			}
+			t.Logf("damaged record: %v", err)
+			// The other chunks still read, alone or batched.
+			ids = append(storetest.IDs(chunks[:victim]), storetest.IDs(chunks[victim+1:])...)
+			ids = slices.DeleteFunc(ids, func(id cas.ChunkID) bool { return id == chunks[10].ID })
+			if got, err := check(ids); err != nil || len(got) != len(ids) {
+				t.Fatalf("GetMany of undamaged chunks = %d of %d, %v", len(got), len(ids), err)
+			}
+			// Canceled.
+			cctx, cancel := context.WithCancel(ctx)
+			cancel()
+			if err := s.GetMany(cctx, ids, func(cas.ChunkID, []byte) error { return nil }); !errors.Is(err, context.Canceled) {
+				t.Fatalf("GetMany with a canceled ctx = %v", err)
+			}
+		})
+	}
+}
+
 // Compaction reclaims dead bytes and removes empty packs; what is live
 // survives it and a restart.
 func TestPackCompaction(t *testing.T) {
@@ -432,6 +529,29 @@ func TestPackCompactionConcurrent(t *testing.T) {
 	var stop atomic.Bool
 	var wg sync.WaitGroup
 	errs := make(chan error, 16)
+	wg.Go(func() { // a batched reader: records move under its runs
+		byID := map[cas.ChunkID][]byte{}
+		for _, c := range stable {
+			byID[c.ID] = c.Data
+		}
+		for !stop.Load() {
+			n := 0
+			err := s.GetMany(ctx, storetest.IDs(stable), func(id cas.ChunkID, enc []byte) error {
+				n++
+				if !bytes.Equal(enc, byID[id]) {
+					return fmt.Errorf("GetMany: chunk %s has wrong bytes", id.Short())
+				}
+				return nil
+			})
+			if err == nil && n != len(stable) {
+				err = fmt.Errorf("GetMany delivered %d of %d chunks", n, len(stable))
+			}
+			if err != nil {
+				errs <- err
+				return
+			}
+		}
+	})
 	for g := range 3 {
 		wg.Go(func() {
 			for i := g; !stop.Load(); i++ {

@@ -305,9 +305,10 @@ func (s *Server) handleGet(w http.ResponseWriter, r *http.Request, _ cas.Claims)
 }
 
 // handleGetMany streams the frames of the stored chunks among the requested
-// ones, in request order; absent chunks are skipped. A store error after the
-// response has started aborts the connection, so the client sees a
-// truncated stream rather than a short, well-formed one.
+// ones, in request order; absent chunks are skipped. A store that is a
+// BatchGetter reads them in batches. A store error after the response has
+// started aborts the connection, so the client sees a truncated stream
+// rather than a short, well-formed one.
 func (s *Server) handleGetMany(w http.ResponseWriter, r *http.Request, _ cas.Claims) {
 	ids, err := readIDs(r.Body)
 	if err != nil {
@@ -317,25 +318,26 @@ func (s *Server) handleGetMany(w http.ResponseWriter, r *http.Request, _ cas.Cla
 	w.Header().Set("Content-Type", "application/octet-stream")
 	var buf []byte
 	started := false
-	for _, id := range ids {
-		data, err := s.store.Get(r.Context(), id)
-		if errors.Is(err, ErrNotFound) {
-			continue
-		}
-		if err != nil {
-			if !started {
-				s.fail(w, r, err, nil)
-				return
-			}
-			s.log.Error("get stream aborted", "err", err)
-			panic(http.ErrAbortHandler)
-		}
+	var writeErr error
+	err = GetMany(r.Context(), s.store, ids, func(id cas.ChunkID, data []byte) error {
 		buf = AppendFrame(buf[:0], Chunk{ID: id, Data: data})
-		if _, err := w.Write(buf); err != nil {
-			return // client gone
+		if _, writeErr = w.Write(buf); writeErr != nil {
+			return writeErr
 		}
 		started = true
+		return nil
+	})
+	switch {
+	case err == nil, errors.Is(err, ErrNotFound):
+		return // absent chunks are skipped
+	case writeErr != nil:
+		return // client gone
+	case !started:
+		s.fail(w, r, err, nil)
+		return
 	}
+	s.log.Error("get stream aborted", "err", err)
+	panic(http.ErrAbortHandler)
 }
 
 func (s *Server) handleDelete(w http.ResponseWriter, r *http.Request, c cas.Claims) {

@@ -6,6 +6,7 @@ package blockd
 import (
 	"context"
 	"errors"
+	"fmt"
 
 	"stasis/cas"
 )
@@ -69,4 +70,55 @@ type Usage struct {
 // and correct after a restart. Implementations are safe for concurrent use.
 type UsageStore interface {
 	Usage(ctx context.Context) (Usage, error)
+}
+
+// BatchGetter is an optional rung for stores that read many chunks faster
+// together than one at a time (the pack store reads neighbouring records
+// with one large read; the HTTP client fetches them in one request).
+//
+// GetMany calls fn for every chunk of ids that is stored, in the order of
+// ids, with its encoded bytes; enc is valid only during the call (the
+// store may reuse the buffer) and is not verified against the ID beyond the
+// store's own checks. An ID that appears more than once in ids may be
+// delivered once or each time. If some chunks are absent, GetMany delivers
+// the others and then returns an error wrapping ErrNotFound that names
+// them. Any other error (a damaged record, an I/O error, ctx ending) stops
+// GetMany and is returned; the chunks delivered before it were whole. An
+// error from fn stops GetMany and is returned as is. GetMany sees every
+// Put that has returned, like Get. Implementations bound the memory one
+// call holds, whatever the length of ids.
+type BatchGetter interface {
+	GetMany(ctx context.Context, ids []cas.ChunkID, fn func(id cas.ChunkID, enc []byte) error) error
+}
+
+// GetMany reads ids from s with s.GetMany if s is a BatchGetter, else with
+// one Get per ID, under the BatchGetter contract.
+func GetMany(ctx context.Context, s Store, ids []cas.ChunkID, fn func(id cas.ChunkID, enc []byte) error) error {
+	if bg, ok := s.(BatchGetter); ok {
+		return bg.GetMany(ctx, ids, fn)
+	}
+	var missing []cas.ChunkID
+	for _, id := range ids {
+		enc, err := s.Get(ctx, id)
+		if errors.Is(err, ErrNotFound) {
+			missing = append(missing, id)
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if err := fn(id, enc); err != nil {
+			return err
+		}
+	}
+	return missingError(len(ids), missing)
+}
+
+// missingError is GetMany's error for the absent chunks among n asked for,
+// or nil when none is.
+func missingError(n int, missing []cas.ChunkID) error {
+	if len(missing) == 0 {
+		return nil
+	}
+	return fmt.Errorf("blockd: %d of %d chunks (first %s): %w", len(missing), n, missing[0], ErrNotFound)
 }

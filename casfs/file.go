@@ -1,6 +1,7 @@
 package casfs
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -533,6 +534,9 @@ func (f *FS) chunk(ctx context.Context, plan *metad.ReadPlan, i int) ([]byte, er
 
 // readAhead fetches, in the background, the chunks of the ReadAheadBytes
 // after off that are not cached yet, skipping what was already requested.
+// With a BatchTransport it asks for readAheadBatch bytes of neighbouring
+// chunks at a time (a block store reads them with one large read); else
+// one chunk per fetch.
 func (f *FS) readAhead(plan *metad.ReadPlan, off uint64, raEnd *atomic.Uint64) {
 	if f.cfg.ReadAheadBytes <= 0 {
 		return
@@ -544,24 +548,144 @@ func (f *FS) readAhead(plan *metad.ReadPlan, off uint64, raEnd *atomic.Uint64) {
 	if i < 0 {
 		i = nextExtent(m, from)
 	}
+	bt, batched := f.transport.(BatchTransport)
+	if !batched {
+		for ; i < len(m.Extents) && m.Extents[i].Offset < limit; i++ {
+			e := m.Extents[i]
+			if e.Hole || f.cache.contains(e.ID) {
+				raEnd.Store(e.End())
+				continue
+			}
+			if !f.prefetch.TryAcquire(1) {
+				return
+			}
+			raEnd.Store(e.End())
+			go func(i int) {
+				defer f.prefetch.Release(1)
+				ctx, cancel := context.WithTimeout(context.Background(), f.cfg.RetryDeadline)
+				defer cancel()
+				if _, err := f.chunk(ctx, plan, i); err != nil {
+					f.log.Debug("read-ahead failed", "err", err)
+				}
+			}(i)
+		}
+		return
+	}
+	// Gather batches of neighbouring extents on one endpoint; a batch
+	// goes out once it is full, or the file ends, or the endpoint changes.
+	var batch []int
+	var size uint64
+	flush := func(end uint64) bool {
+		if len(batch) > 0 {
+			if !f.prefetch.TryAcquire(1) {
+				return false
+			}
+			go func(batch []int) {
+				defer f.prefetch.Release(1)
+				f.fetchBatch(bt, plan, batch)
+			}(batch)
+		}
+		raEnd.Store(end)
+		batch, size = nil, 0
+		return true
+	}
 	for ; i < len(m.Extents) && m.Extents[i].Offset < limit; i++ {
 		e := m.Extents[i]
 		if e.Hole || f.cache.contains(e.ID) {
-			raEnd.Store(e.End())
+			if len(batch) == 0 {
+				raEnd.Store(e.End())
+			}
 			continue
 		}
-		if !f.prefetch.TryAcquire(1) {
-			return
-		}
-		raEnd.Store(e.End())
-		go func(i int) {
-			defer f.prefetch.Release(1)
-			ctx, cancel := context.WithTimeout(context.Background(), f.cfg.RetryDeadline)
-			defer cancel()
-			if _, err := f.chunk(ctx, plan, i); err != nil {
-				f.log.Debug("read-ahead failed", "err", err)
+		if len(batch) > 0 && plan.Location[batch[0]] != plan.Location[i] {
+			if !flush(m.Extents[batch[len(batch)-1]].End()) {
+				return
 			}
-		}(i)
+		}
+		batch = append(batch, i)
+		size += uint64(e.Length)
+		if size >= readAheadBatch {
+			if !flush(e.End()) {
+				return
+			}
+		}
+	}
+	if i == len(m.Extents) && len(batch) > 0 {
+		flush(m.Extents[batch[len(batch)-1]].End())
+	}
+	// Otherwise a partial batch waits for the reader to move on: the
+	// next call starts from it.
+}
+
+// readAheadBatch is the raw size of one read-ahead batch.
+const readAheadBatch = 4 << 20
+
+// fetchBatch fetches the chunks of the extents idx (all on one endpoint)
+// that are neither cached nor being fetched, from the disk cache or with
+// GetMany calls, verifying each; a chunk that is not delivered (absent,
+// corrupt, or the call failed) is left to a reader's own fetch, which
+// reports its error.
+func (f *FS) fetchBatch(bt BatchTransport, plan *metad.ReadPlan, idx []int) {
+	loc := int(plan.Location[idx[0]])
+	if loc >= len(plan.Endpoints) {
+		return // chunk reports it
+	}
+	ep, token := plan.Endpoints[loc], plan.Token
+	ids := make([]cas.ChunkID, len(idx))
+	for k, i := range idx {
+		ids[k] = plan.Manifest.Extents[i].ID
+	}
+	err := f.cache.getMany(ids, func(ids []cas.ChunkID, deliver func(cas.ChunkID, []byte)) error {
+		todo := ids[:0:0]
+		for _, id := range ids {
+			if f.disk != nil {
+				if enc, ok := f.disk.get(id); ok {
+					if data, err := decodeVerify(id, enc); err == nil {
+						f.stats.diskHits.Add(1)
+						deliver(id, data)
+						continue
+					}
+					f.log.Warn("dropping bad chunk from the disk cache", "id", id.String())
+					f.disk.remove(id)
+				}
+			}
+			todo = append(todo, id)
+		}
+		if len(todo) == 0 {
+			return nil
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), f.cfg.RetryDeadline)
+		defer cancel()
+		got := make(map[cas.ChunkID]bool, len(todo))
+		return f.retry(ctx, "get chunks", func(ctx context.Context) error {
+			rest := todo[:0:0]
+			for _, id := range todo {
+				if !got[id] {
+					rest = append(rest, id)
+				}
+			}
+			return bt.GetMany(ctx, ep, token, rest, func(id cas.ChunkID, enc []byte) error {
+				if got[id] {
+					return nil
+				}
+				got[id] = true
+				f.stats.fetchedChunks.Add(1)
+				f.stats.fetchedEnc.Add(uint64(len(enc)))
+				data, err := decodeVerifyCopy(id, enc)
+				if err != nil {
+					f.log.Error("corrupt chunk", "id", id.String(), "endpoint", ep.Name, "err", err)
+					return nil // not delivered: a reader's own fetch reports it
+				}
+				if f.disk != nil {
+					f.disk.put(id, enc)
+				}
+				deliver(id, data)
+				return nil
+			})
+		})
+	})
+	if err != nil {
+		f.log.Debug("read-ahead batch failed", "endpoint", ep.Name, "err", err)
 	}
 }
 
@@ -789,4 +913,14 @@ func decodeVerify(id cas.ChunkID, enc []byte) ([]byte, error) {
 		return data, nil
 	}
 	return cas.DecodeVerify(nil, id, enc)
+}
+
+// decodeVerifyCopy is decodeVerify for an enc the caller does not own:
+// the result never shares its memory.
+func decodeVerifyCopy(id cas.ChunkID, enc []byte) ([]byte, error) {
+	data, err := decodeVerify(id, enc)
+	if err != nil || len(enc) == 0 || len(data) == 0 || &data[0] != &enc[1] {
+		return data, err
+	}
+	return bytes.Clone(data), nil
 }

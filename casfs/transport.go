@@ -22,13 +22,25 @@ type Transport interface {
 	Put(ctx context.Context, ep metad.Endpoint, token string, chunks []blockd.Chunk) error
 }
 
+// BatchTransport is an optional Transport rung for read-ahead: GetMany
+// fetches many chunks from ep in one call, under the contract of
+// blockd.BatchGetter (fn sees each stored chunk's encoded bytes, valid only
+// during the call; absent chunks are an error wrapping blockd.ErrNotFound
+// after the others were delivered).
+type BatchTransport interface {
+	GetMany(ctx context.Context, ep metad.Endpoint, token string, ids []cas.ChunkID, fn func(id cas.ChunkID, enc []byte) error) error
+}
+
 // StoreTransport is the embedded-mode transport: every endpoint is the one
 // in-process store, and tokens are not needed.
 type StoreTransport struct {
 	Store blockd.WriteStore
 }
 
-var _ Transport = StoreTransport{}
+var (
+	_ Transport      = StoreTransport{}
+	_ BatchTransport = StoreTransport{}
+)
 
 // Get implements Transport.
 func (t StoreTransport) Get(ctx context.Context, _ metad.Endpoint, _ string, id cas.ChunkID) ([]byte, error) {
@@ -38,6 +50,13 @@ func (t StoreTransport) Get(ctx context.Context, _ metad.Endpoint, _ string, id 
 // Put implements Transport.
 func (t StoreTransport) Put(ctx context.Context, _ metad.Endpoint, _ string, chunks []blockd.Chunk) error {
 	return t.Store.Put(ctx, chunks)
+}
+
+// GetMany implements BatchTransport: a store that is a blockd.BatchGetter
+// (the pack store) reads neighbouring chunks together; others are read one
+// Get at a time.
+func (t StoreTransport) GetMany(ctx context.Context, _ metad.Endpoint, _ string, ids []cas.ChunkID, fn func(cas.ChunkID, []byte) error) error {
+	return blockd.GetMany(ctx, t.Store, ids, fn)
 }
 
 // ClientFactory builds a blockd client for one endpoint whose calls carry
@@ -50,7 +69,10 @@ type ClientTransport struct {
 	New ClientFactory
 }
 
-var _ Transport = ClientTransport{}
+var (
+	_ Transport      = ClientTransport{}
+	_ BatchTransport = ClientTransport{}
+)
 
 // Get implements Transport.
 func (t ClientTransport) Get(ctx context.Context, ep metad.Endpoint, token string, id cas.ChunkID) ([]byte, error) {
@@ -60,6 +82,12 @@ func (t ClientTransport) Get(ctx context.Context, ep metad.Endpoint, token strin
 // Put implements Transport.
 func (t ClientTransport) Put(ctx context.Context, ep metad.Endpoint, token string, chunks []blockd.Chunk) error {
 	return t.New(ep, token).Put(ctx, chunks)
+}
+
+// GetMany implements BatchTransport: one request when the client is a
+// blockd.BatchGetter (blockd.Client is), else one Get per chunk.
+func (t ClientTransport) GetMany(ctx context.Context, ep metad.Endpoint, token string, ids []cas.ChunkID, fn func(cas.ChunkID, []byte) error) error {
+	return blockd.GetMany(ctx, t.New(ep, token), ids, fn)
 }
 
 // transient reports whether err is worth retrying: the service said it is

@@ -41,6 +41,7 @@ func RunOptions(t *testing.T, newStore func(t *testing.T) blockd.PruneStore, o O
 	}{
 		{"GetMissing", testGetMissing},
 		{"PutGet", testPutGet},
+		{"GetMany", testGetMany},
 		{"IdempotentPut", testIdempotentPut},
 		{"Delete", testDelete},
 		{"ListOrder", testListOrder},
@@ -181,6 +182,72 @@ func testPutGet(t *testing.T, s blockd.PruneStore) {
 	clear(chunks[1].Data)
 	chunks[1].Data = orig
 	CheckHolds(t, s, chunks[:6])
+}
+
+// testGetMany checks the BatchGetter contract through blockd.GetMany (the
+// store's own GetMany if it has one): request order, absent chunks skipped
+// then reported, a repeated ID, fn's error, chunks from several Puts.
+func testGetMany(t *testing.T, s blockd.PruneStore) {
+	ctx := context.Background()
+	chunks := Chunks(21, 40, 9000)
+	for i := 0; i < len(chunks); i += 7 {
+		if err := s.Put(ctx, chunks[i:min(i+7, len(chunks))]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	absent := Chunks(22, 2, 100)
+	ids := IDs(chunks)
+	// Out of store order, with two absent IDs and one repeated.
+	slices.Reverse(ids[10:30])
+	ids = slices.Insert(ids, 5, absent[0].ID)
+	ids = slices.Insert(ids, 20, absent[1].ID)
+	ids = append(ids, chunks[3].ID)
+	byID := map[cas.ChunkID][]byte{}
+	for _, c := range chunks {
+		byID[c.ID] = c.Data
+	}
+	var got []cas.ChunkID
+	err := blockd.GetMany(ctx, s, ids, func(id cas.ChunkID, enc []byte) error {
+		if !bytes.Equal(enc, byID[id]) {
+			return fmt.Errorf("chunk %s: wrong bytes", id.Short())
+		}
+		if len(got) > 0 && got[len(got)-1] == id {
+			return fmt.Errorf("chunk %s delivered twice in a row", id.Short())
+		}
+		got = append(got, id)
+		return nil
+	})
+	if !errors.Is(err, blockd.ErrNotFound) {
+		t.Fatalf("GetMany with absent chunks = %v, want ErrNotFound", err)
+	}
+	var want []cas.ChunkID
+	for _, id := range ids {
+		if byID[id] != nil {
+			want = append(want, id)
+		}
+	}
+	// The repeated ID (last) may be delivered once or twice.
+	if !slices.Equal(got, want) && !slices.Equal(got, want[:len(want)-1]) {
+		t.Fatalf("GetMany delivered %d chunks, want %d in request order", len(got), len(want))
+	}
+	if err := blockd.GetMany(ctx, s, IDs(chunks), func(cas.ChunkID, []byte) error { return nil }); err != nil {
+		t.Fatalf("GetMany of stored chunks = %v", err)
+	}
+	if err := blockd.GetMany(ctx, s, nil, func(cas.ChunkID, []byte) error { return errors.New("called") }); err != nil {
+		t.Fatalf("GetMany(nil) = %v", err)
+	}
+	stop := errors.New("stop")
+	n := 0
+	err = blockd.GetMany(ctx, s, IDs(chunks), func(cas.ChunkID, []byte) error {
+		n++
+		if n == 3 {
+			return stop
+		}
+		return nil
+	})
+	if !errors.Is(err, stop) || n != 3 {
+		t.Fatalf("GetMany with fn failing at the 3rd chunk = %v after %d calls", err, n)
+	}
 }
 
 func testIdempotentPut(t *testing.T, s blockd.PruneStore) {
