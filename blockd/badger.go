@@ -435,28 +435,48 @@ func (s *BadgerStore) Put(ctx context.Context, chunks []Chunk) error {
 
 // putSession writes several batches that become durable together, so a
 // streamed request can store one batch while it reads the next and still
-// sync only once: write commits a batch (visible, marked pending), commit
-// syncs once for everything written, close (always called) makes sure of a
-// sync, unmarks the chunks and releases the store.
-type putSession struct {
+// sync only once. write stores a batch (not acknowledged: it may not be
+// durable yet); writeback starts making what was written durable in the
+// background and returns at once; commit returns once everything written
+// is durable (and, for a store that indexes, visible); close (always
+// called, once) finishes the session: without a successful commit, the
+// batches written may or may not be stored, each chunk whole or not at all.
+// After a failed write, commit still makes the batches written before it
+// durable.
+type putSession interface {
+	write(ctx context.Context, chunks []Chunk) error
+	writeback()
+	commit() error
+	close()
+}
+
+// sessionStore is implemented by stores with put sessions.
+type sessionStore interface {
+	beginPut() (putSession, error)
+}
+
+var (
+	_ sessionStore = (*BadgerStore)(nil)
+	_ sessionStore = (*PackStore)(nil)
+)
+
+// badgerSession is BadgerStore's putSession: write commits a batch
+// (visible, marked pending), commit syncs once for everything written,
+// close makes sure of a sync, unmarks the chunks and releases the store.
+type badgerSession struct {
 	s       *BadgerStore
 	written []cas.ChunkID
 	synced  bool
 }
 
-// sessionStore is implemented by stores with put sessions (BadgerStore).
-type sessionStore interface {
-	beginPut() (*putSession, error)
-}
-
-func (s *BadgerStore) beginPut() (*putSession, error) {
+func (s *BadgerStore) beginPut() (putSession, error) {
 	if err := s.enter(); err != nil {
 		return nil, err
 	}
-	return &putSession{s: s}, nil
+	return &badgerSession{s: s}, nil
 }
 
-func (p *putSession) write(ctx context.Context, chunks []Chunk) error {
+func (p *badgerSession) write(ctx context.Context, chunks []Chunk) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -481,9 +501,9 @@ func (p *putSession) write(ctx context.Context, chunks []Chunk) error {
 // none is running, and returns at once: called between the batches of a
 // long put, it lets the disk work while the next batch arrives, so that the
 // sync commit waits for has less left to write.
-func (p *putSession) writeback() { p.s.gs.Kick() }
+func (p *badgerSession) writeback() { p.s.gs.Kick() }
 
-func (p *putSession) commit() error {
+func (p *badgerSession) commit() error {
 	if err := p.s.gs.Sync(); err != nil {
 		return p.s.wrapErr("sync", err)
 	}
@@ -491,7 +511,7 @@ func (p *putSession) commit() error {
 	return nil
 }
 
-func (p *putSession) close() {
+func (p *badgerSession) close() {
 	if !p.synced && len(p.written) > 0 {
 		// Chunks of a failed write are visible: make them durable
 		// before they stop being pending. A failure here means the

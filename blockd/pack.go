@@ -690,33 +690,12 @@ func (s *PackStore) Put(ctx context.Context, chunks []Chunk) error {
 	if err := s.failedErr(); err != nil {
 		return err
 	}
-	seen := make(map[cas.ChunkID]struct{}, len(chunks))
-	uniq := make([]Chunk, 0, len(chunks))
-	ids := make([]cas.ChunkID, 0, len(chunks))
-	for _, c := range chunks {
-		if _, dup := seen[c.ID]; dup {
-			continue
-		}
-		if len(c.Data) > 1<<30 {
-			return fmt.Errorf("blockd: put: chunk %s of %d bytes is too large for a pack record", c.ID.Short(), len(c.Data))
-		}
-		seen[c.ID] = struct{}{}
-		uniq = append(uniq, c)
-		ids = append(ids, c.ID)
-	}
-	absent, present, err := s.partition(ctx, ids)
+	todo, present, err := s.newChunks(ctx, chunks, make(map[cas.ChunkID]struct{}, len(chunks)))
 	if err != nil {
 		return err
 	}
-	if len(absent) == 0 {
+	if len(todo) == 0 {
 		return s.awaitDurable(present)
-	}
-	todo := uniq[:0]
-	for i, j := 0, 0; i < len(uniq) && j < len(absent); i++ {
-		if uniq[i].ID == absent[j] {
-			todo = append(todo, uniq[i])
-			j++
-		}
 	}
 	p, locs, err := s.writeBatch(todo)
 	if err != nil {
@@ -740,11 +719,57 @@ func (s *PackStore) Put(ctx context.Context, chunks []Chunk) error {
 	return s.syncIndex()
 }
 
+// newChunks returns the chunks of the batch that are to be written: not
+// in seen (which it adds them to), first of their ID, and not indexed; and
+// the IDs of those that are indexed already.
+func (s *PackStore) newChunks(ctx context.Context, chunks []Chunk, seen map[cas.ChunkID]struct{}) (todo []Chunk, present []cas.ChunkID, err error) {
+	uniq := make([]Chunk, 0, len(chunks))
+	ids := make([]cas.ChunkID, 0, len(chunks))
+	for _, c := range chunks {
+		if _, dup := seen[c.ID]; dup {
+			continue
+		}
+		if len(c.Data) > 1<<30 {
+			return nil, nil, fmt.Errorf("blockd: put: chunk %s of %d bytes is too large for a pack record", c.ID.Short(), len(c.Data))
+		}
+		seen[c.ID] = struct{}{}
+		uniq = append(uniq, c)
+		ids = append(ids, c.ID)
+	}
+	absent, present, err := s.partition(ctx, ids)
+	if err != nil {
+		return nil, nil, err
+	}
+	todo = uniq[:0]
+	for i, j := 0, 0; i < len(uniq) && j < len(absent); i++ {
+		if uniq[i].ID == absent[j] {
+			todo = append(todo, uniq[i])
+			j++
+		}
+	}
+	return todo, present, nil
+}
+
 // writeBatch places the chunks' records in the current pack as one region,
 // writes them and syncs the pack (group sync). It returns the
 // pack, with a writer reference the caller drops with unplace once the
 // records are indexed, and each chunk's location.
 func (s *PackStore) writeBatch(chunks []Chunk) (*packFile, []packLoc, error) {
+	p, locs, err := s.writeRegion(chunks)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := s.dataSync.Sync(); err != nil {
+		s.fail(err)
+		s.unplace(p)
+		return nil, nil, s.wrapErr("sync pack", err)
+	}
+	return p, locs, nil
+}
+
+// writeRegion is writeBatch without the sync: the records are written and
+// the pack marked dirty.
+func (s *PackStore) writeRegion(chunks []Chunk) (*packFile, []packLoc, error) {
 	var need int64
 	for _, c := range chunks {
 		need += recordHeaderLen + int64(len(c.Data))
@@ -773,11 +798,6 @@ func (s *PackStore) writeBatch(chunks []Chunk) (*packFile, []packLoc, error) {
 	s.mu.Lock()
 	s.dirty[p] = struct{}{}
 	s.mu.Unlock()
-	if err := s.dataSync.Sync(); err != nil {
-		s.fail(err)
-		s.unplace(p)
-		return nil, nil, s.wrapErr("sync pack", err)
-	}
 	return p, locs, nil
 }
 

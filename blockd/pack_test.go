@@ -863,4 +863,59 @@ func TestPackOverServer(t *testing.T) {
 		t.Fatalf("usage over HTTP = %+v, %v", u, err)
 	}
 	storetest.CheckHolds(t, s, chunks)
+	// One request of many batches (64 KiB each) is one put session: one
+	// index sync (and one pack sync) for the request, not one per batch.
+	more := storetest.Chunks(13, 40, 30000)
+	before := s.Syncs()
+	if err := c.Put(ctx, more); err != nil {
+		t.Fatal(err)
+	}
+	if n := s.Syncs() - before; n != 1 {
+		t.Fatalf("%d index syncs for one put request of 40 chunks in 64 KiB batches, want 1", n)
+	}
+	storetest.CheckHolds(t, s, append(chunks, more...))
+	// Duplicates within the request and of stored chunks: stored once.
+	if err := c.Put(ctx, append(append(slices.Clone(more[:5]), more[:5]...), chunks[:3]...)); err != nil {
+		t.Fatal(err)
+	}
+	storetest.CheckHolds(t, s, append(chunks, more...))
+}
+
+// A put request that fills the disk part-way: 507, the batches stored
+// before the full one are whole and acknowledged in the response's count
+// only if committed, and nothing else is indexed.
+func TestPackPutRequestDiskFull(t *testing.T) {
+	for _, buffered := range []bool{false, true} {
+		t.Run("buffered="+strconv.FormatBool(buffered), func(t *testing.T) {
+			ctx := context.Background()
+			dir := t.TempDir()
+			mountTmpfs(t, filepath.Join(dir, "packs"), "12m")
+			s := openPackCfg(t, blockd.PackConfig{Dir: dir, PackSize: 4 << 20, MinFreeBytes: -1, BufferedWrites: buffered})
+			ts := startServer(t, s, 256<<10)
+			c := blockd.NewClient(ts.url, tokenFor(0, "b1"), &http.Client{Timeout: time.Minute})
+			c.MaxRequestBytes = 64 << 20
+			chunks := storetest.Chunks(14, 256, 64<<10) // ~10 MiB stored (half compress)
+			chunks = append(chunks, storetest.Chunks(15, 256, 64<<10)...)
+			err := c.Put(ctx, chunks)
+			var se *blockd.StatusError
+			if !errors.Is(err, blockd.ErrNoSpace) || !errors.As(err, &se) || se.Code != http.StatusInsufficientStorage {
+				t.Fatalf("put request on a full disk = %v", err)
+			}
+			m, err := s.Missing(ctx, storetest.IDs(chunks))
+			if err != nil {
+				t.Fatal(err)
+			}
+			stored := len(chunks) - len(m)
+			t.Logf("%d of %d chunks stored, %d acknowledged: %v", stored, len(chunks), se.Stored, se)
+			if stored != se.Stored || stored == len(chunks) {
+				t.Fatalf("%d chunks stored, the response says %d", stored, se.Stored)
+			}
+			// What is stored is a prefix of the request, whole, and
+			// survives a restart.
+			storetest.CheckHolds(t, s, chunks[:stored])
+			s.Close()
+			s2 := openPackCfg(t, blockd.PackConfig{Dir: dir, PackSize: 4 << 20, MinFreeBytes: -1, BufferedWrites: buffered})
+			storetest.CheckHolds(t, s2, chunks[:stored])
+		})
+	}
 }

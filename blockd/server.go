@@ -407,7 +407,7 @@ func (s *Server) handleUsage(w http.ResponseWriter, r *http.Request, _ cas.Claim
 // channel holds one, so a request holds at most six arenas. The first bad
 // chunk ends verification: the chunks before it go on to the store, the
 // rest are not stored, and the reader stops. A store failure stops the
-// reader too. With a put session (badger) the writer starts a background
+// reader too. With a put session (badger, pack) the writer starts a background
 // sync after each batch while more are coming (early writeback) and syncs
 // once at the end before acknowledging. Arenas go back to the pool once a
 // batch is stored or dropped (a store keeps no reference to Data after
@@ -461,9 +461,9 @@ func (s *Server) handlePut(w http.ResponseWriter, r *http.Request, c cas.Claims)
 
 	go func() {
 		defer close(storeDone)
-		// With a put session (badger), batches are written as they come
-		// and synced once at the end; otherwise each batch is one Put.
-		var sess *putSession
+		// With a put session (badger, pack), batches are written as they
+		// come and synced once at the end; otherwise each batch is one Put.
+		var sess putSession
 		if ss, ok := s.store.(sessionStore); ok {
 			if sess, storeErr = ss.beginPut(); storeErr != nil {
 				halt()

@@ -158,6 +158,7 @@ func TestPutRefusals(t *testing.T) {
 	backends := map[string]func(t *testing.T) blockd.PruneStore{
 		"mem":    func(*testing.T) blockd.PruneStore { return blockd.NewMemStore() },
 		"badger": func(t *testing.T) blockd.PruneStore { return openBadger(t, t.TempDir()) },
+		"pack":   func(t *testing.T) blockd.PruneStore { return openPack(t, t.TempDir()) },
 	}
 	for _, tc := range cases {
 		for bname, newStore := range backends {
