@@ -573,6 +573,9 @@ func (f *FS) readAhead(plan *metad.ReadPlan, off uint64, raEnd *atomic.Uint64) {
 	}
 	// Gather batches of neighbouring extents on one endpoint; a batch
 	// goes out once it is full, or the file ends, or the endpoint changes.
+	// Batches are a fraction of the window, so that a small window still
+	// fills them.
+	batchBytes := max(min(readAheadBatch, uint64(f.cfg.ReadAheadBytes)/4), 1)
 	var batch []int
 	var size uint64
 	flush := func(end uint64) bool {
@@ -604,7 +607,7 @@ func (f *FS) readAhead(plan *metad.ReadPlan, off uint64, raEnd *atomic.Uint64) {
 		}
 		batch = append(batch, i)
 		size += uint64(e.Length)
-		if size >= readAheadBatch {
+		if size >= batchBytes {
 			if !flush(e.End()) {
 				return
 			}
@@ -617,7 +620,8 @@ func (f *FS) readAhead(plan *metad.ReadPlan, off uint64, raEnd *atomic.Uint64) {
 	// next call starts from it.
 }
 
-// readAheadBatch is the raw size of one read-ahead batch.
+// readAheadBatch is the largest raw size of one read-ahead batch (a
+// quarter of ReadAheadBytes when that is smaller).
 const readAheadBatch = 4 << 20
 
 // fetchBatch fetches the chunks of the extents idx (all on one endpoint)
