@@ -889,13 +889,13 @@ func TestPackPutRequestDiskFull(t *testing.T) {
 		t.Run("buffered="+strconv.FormatBool(buffered), func(t *testing.T) {
 			ctx := context.Background()
 			dir := t.TempDir()
-			mountTmpfs(t, filepath.Join(dir, "packs"), "12m")
-			s := openPackCfg(t, blockd.PackConfig{Dir: dir, PackSize: 4 << 20, MinFreeBytes: -1, BufferedWrites: buffered})
+			mountTmpfs(t, filepath.Join(dir, "packs"), "3m")
+			s := openPackCfg(t, blockd.PackConfig{Dir: dir, PackSize: 1 << 20, MinFreeBytes: -1, BufferedWrites: buffered})
 			ts := startServer(t, s, 256<<10)
 			c := blockd.NewClient(ts.url, tokenFor(0, "b1"), &http.Client{Timeout: time.Minute})
 			c.MaxRequestBytes = 64 << 20
-			chunks := storetest.Chunks(14, 256, 64<<10) // ~10 MiB stored (half compress)
-			chunks = append(chunks, storetest.Chunks(15, 256, 64<<10)...)
+			chunks := storetest.Chunks(14, 64, 64<<10) // ~2.7 MiB stored (half compress)
+			chunks = append(chunks, storetest.Chunks(15, 48, 64<<10)...)
 			err := c.Put(ctx, chunks)
 			var se *blockd.StatusError
 			if !errors.Is(err, blockd.ErrNoSpace) || !errors.As(err, &se) || se.Code != http.StatusInsufficientStorage {
@@ -914,7 +914,7 @@ func TestPackPutRequestDiskFull(t *testing.T) {
 			// survives a restart.
 			storetest.CheckHolds(t, s, chunks[:stored])
 			s.Close()
-			s2 := openPackCfg(t, blockd.PackConfig{Dir: dir, PackSize: 4 << 20, MinFreeBytes: -1, BufferedWrites: buffered})
+			s2 := openPackCfg(t, blockd.PackConfig{Dir: dir, PackSize: 1 << 20, MinFreeBytes: -1, BufferedWrites: buffered})
 			storetest.CheckHolds(t, s2, chunks[:stored])
 		})
 	}
