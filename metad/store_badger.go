@@ -5,19 +5,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"math/rand/v2"
-	"os"
-	"path/filepath"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
-	"golang.org/x/sys/unix"
+
+	"stasis/internal/badgersync"
 )
 
 // SyncMode chooses when the badger store's transactions reach stable
@@ -477,49 +473,9 @@ func (b *BadgerStore) Unsynced() bool { return b.synced.Load() < b.written.Load(
 // Syncs is the number of disk syncs Sync has done.
 func (b *BadgerStore) Syncs() uint64 { return b.syncs.Load() }
 
-func (b *BadgerStore) syncFiles(vlog bool) error {
-	ents, err := os.ReadDir(b.dir)
-	if err != nil {
-		return err
-	}
-	newest, newestFid := "", -1
-	for _, e := range ents {
-		name := e.Name()
-		if strings.HasSuffix(name, ".mem") {
-			if err := fsyncFile(filepath.Join(b.dir, name)); err != nil {
-				return err
-			}
-		}
-		if fid, ok := strings.CutSuffix(name, ".vlog"); ok && vlog {
-			if n, err := strconv.Atoi(fid); err == nil && n > newestFid {
-				newest, newestFid = name, n
-			}
-		}
-	}
-	if newest != "" {
-		return fsyncFile(filepath.Join(b.dir, newest))
-	}
-	return nil
-}
-
-// fsyncFile fdatasyncs path; a file removed meanwhile is no error. Data
-// sync is what badger's own sync does (msync(MS_SYNC) is a data-only sync of
-// the range on Linux): it writes the data and the metadata needed to read
-// it back (allocation, size), not the timestamps.
-func fsyncFile(path string) error {
-	f, err := os.Open(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	err = unix.Fdatasync(int(f.Fd()))
-	if err != nil {
-		err = &os.PathError{Op: "fdatasync", Path: path, Err: err}
-	}
-	return errors.Join(err, f.Close())
-}
+// syncFiles makes every committed transaction durable (badger's own
+// DB.Sync misses memtables that filled up since: see internal/badgersync).
+func (b *BadgerStore) syncFiles(vlog bool) error { return badgersync.Sync(b.dir, vlog) }
 
 // flushLoop syncs unsynced transactions every interval until Close.
 func (b *BadgerStore) flushLoop(every time.Duration) {
