@@ -14,6 +14,7 @@ import (
 	"github.com/dgraph-io/badger/v4/options"
 
 	"stasis/cas"
+	"stasis/internal/badgersync"
 )
 
 // Badger key layout:
@@ -166,7 +167,7 @@ func OpenBadger(cfg BadgerConfig) (*BadgerStore, error) {
 	}
 	s := &BadgerStore{db: db, log: cfg.Logger, done: make(chan struct{}), dir: cfg.Dir, minFree: cfg.MinFreeBytes,
 		pending: map[cas.ChunkID]int{}}
-	s.gs = newGroupSync(db.Sync)
+	s.gs = newGroupSync(func() error { return badgersync.Sync(cfg.Dir, true) })
 	if err := s.loadCounts(); err != nil {
 		db.Close()
 		return nil, err
@@ -213,7 +214,7 @@ func (s *BadgerStore) loadCounts() error {
 	if err := s.db.Update(func(txn *badger.Txn) error { return txn.Delete(keyCounts) }); err != nil {
 		return fmt.Errorf("blockd: dropping saved counters: %w", err)
 	}
-	if err := s.db.Sync(); err != nil {
+	if err := badgersync.Sync(s.dir, true); err != nil {
 		return fmt.Errorf("blockd: dropping saved counters: %w", err)
 	}
 	return nil
@@ -231,7 +232,7 @@ func (s *BadgerStore) saveCounts() error {
 	if err := s.db.Update(func(txn *badger.Txn) error { return txn.Set(keyCounts, v) }); err != nil {
 		return err
 	}
-	return s.db.Sync()
+	return badgersync.Sync(s.dir, true)
 }
 
 func (s *BadgerStore) count() error {

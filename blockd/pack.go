@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"stasis/cas"
+	"stasis/internal/badgersync"
 )
 
 // PackConfig configures a PackStore.
@@ -216,7 +217,7 @@ func OpenPack(cfg PackConfig) (*PackStore, error) {
 	s := &PackStore{cfg: cfg, log: cfg.Logger, packDir: packDir, db: db, done: make(chan struct{}),
 		packs: map[uint32]*packFile{}, dirty: map[*packFile]struct{}{}, pending: map[cas.ChunkID]int{}}
 	s.dataSync = newGroupSync(s.syncPacks)
-	s.indexSync = newGroupSync(db.Sync)
+	s.indexSync = newGroupSync(func() error { return badgersync.Sync(indexDir, true) })
 	if err := s.load(); err != nil {
 		s.closeFiles()
 		db.Close()
@@ -997,8 +998,22 @@ func pwritevAll(f *os.File, iovs [][]byte, off int64) error {
 }
 
 // syncPacks fdatasyncs every pack written since the previous call (the
-// data groupSync's sync function).
+// data groupSync's sync function). A failure is sticky (fail): the dirty
+// set is already taken, and on Linux a later fdatasync does not report the
+// earlier error, so a later round must not pass for a good one — whether the
+// failed round was waited for or only kicked off by a put session.
 func (s *PackStore) syncPacks() error {
+	if err := s.failedErr(); err != nil {
+		return err
+	}
+	if err := s.syncPacksOnce(); err != nil {
+		s.fail(err)
+		return err
+	}
+	return nil
+}
+
+func (s *PackStore) syncPacksOnce() error {
 	s.mu.Lock()
 	ps := make([]*packFile, 0, len(s.dirty))
 	for p := range s.dirty {
@@ -1014,6 +1029,9 @@ func (s *PackStore) syncPacks() error {
 	return nil
 }
 
+// packDatasync syncs a pack file's data; tests replace it to make syncs fail.
+var packDatasync = unix.Fdatasync
+
 func (p *packFile) datasync() error {
 	p.rw.RLock()
 	defer p.rw.RUnlock()
@@ -1025,7 +1043,7 @@ func (p *packFile) datasync() error {
 		return err
 	}
 	var serr error
-	if err := rc.Control(func(fd uintptr) { serr = unix.Fdatasync(int(fd)) }); err != nil {
+	if err := rc.Control(func(fd uintptr) { serr = packDatasync(int(fd)) }); err != nil {
 		return err
 	}
 	if serr != nil {

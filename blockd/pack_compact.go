@@ -165,6 +165,12 @@ func (s *PackStore) compactPack(ctx context.Context, p *packFile, recs []movedRe
 	delete(s.packs, p.num)
 	delete(s.dirty, p)
 	s.mu.Unlock()
+	// The deletes that emptied the pack may not be synced yet (Delete
+	// commits, then syncs): make them durable before the file goes, or a
+	// power loss would bring back index entries naming a missing pack.
+	if err := s.syncIndex(); err != nil {
+		return false, err
+	}
 	// Readers holding the pack finish first; later ones find it gone and
 	// look the chunk up again (the index no longer names this pack).
 	p.rw.Lock()
