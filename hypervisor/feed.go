@@ -1,6 +1,10 @@
 package hypervisor
 
-import "io"
+import (
+	"errors"
+	"io"
+	"os"
+)
 
 // Feed copies the snapshot file r into w, normally the write end of a pipe
 // from which a hypervisor process loads it (QEMU's migrate-incoming, xl
@@ -39,7 +43,12 @@ func Feed(w io.WriteCloser, r *VerifiedReader, p Progress) error {
 		}
 		if rerr != nil {
 			if werr == nil {
-				w.Close()
+				// A failed close may have lost buffered bytes; a close
+				// the caller already did (os.ErrClosed) came after every
+				// write had succeeded.
+				if cerr := w.Close(); cerr != nil && !errors.Is(cerr, os.ErrClosed) {
+					werr = cerr
+				}
 			}
 			if rerr == io.EOF {
 				return werr

@@ -193,3 +193,31 @@ func TestFeedWriteErrorClosesAtOnce(t *testing.T) {
 		}
 	}
 }
+
+// closeFailWriter takes every write and fails its close.
+type closeFailWriter struct{ err error }
+
+func (w *closeFailWriter) Write(b []byte) (int, error) { return len(b), nil }
+func (w *closeFailWriter) Close() error                { return w.err }
+
+// TestFeedCloseError: a failed final close is Feed's error (buffered bytes
+// may be lost); a close the caller already made after the last write is not.
+func TestFeedCloseError(t *testing.T) {
+	data := randData(1<<20 + 7)
+	dir, f := feedFile(t, data)
+	errClose := errors.New("injected close failure")
+	for _, c := range []struct {
+		closeErr error
+		want     error
+	}{{errClose, errClose}, {os.ErrClosed, nil}, {nil, nil}} {
+		vr, err := OpenVerified(dir, f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = Feed(&closeFailWriter{c.closeErr}, vr, nil)
+		vr.Close()
+		if !errors.Is(err, c.want) || (c.want == nil && err != nil) {
+			t.Errorf("close returning %v: Feed = %v, want %v", c.closeErr, err, c.want)
+		}
+	}
+}
