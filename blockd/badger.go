@@ -167,7 +167,8 @@ func OpenBadger(cfg BadgerConfig) (*BadgerStore, error) {
 	}
 	s := &BadgerStore{db: db, log: cfg.Logger, done: make(chan struct{}), dir: cfg.Dir, minFree: cfg.MinFreeBytes,
 		pending: map[cas.ChunkID]int{}}
-	s.gs = newGroupSync(func() error { return badgersync.Sync(cfg.Dir, true) })
+	syncer := badgersync.New(cfg.Dir)
+	s.gs = newGroupSync(func() error { return syncer.Sync(true) })
 	if err := s.loadCounts(); err != nil {
 		db.Close()
 		return nil, err

@@ -217,7 +217,9 @@ func OpenPack(cfg PackConfig) (*PackStore, error) {
 	s := &PackStore{cfg: cfg, log: cfg.Logger, packDir: packDir, db: db, done: make(chan struct{}),
 		packs: map[uint32]*packFile{}, dirty: map[*packFile]struct{}{}, pending: map[cas.ChunkID]int{}}
 	s.dataSync = newGroupSync(s.syncPacks)
-	s.indexSync = newGroupSync(func() error { return badgersync.Sync(indexDir, true) })
+	// Index values are 20 bytes, below the value threshold: no value log.
+	indexSyncer := badgersync.New(indexDir)
+	s.indexSync = newGroupSync(func() error { return indexSyncer.Sync(false) })
 	if err := s.load(); err != nil {
 		s.closeFiles()
 		db.Close()

@@ -106,12 +106,13 @@ func (o *BadgerOptions) validate() error {
 // BadgerStore is the durable Store, on badger v4. In SyncCommits mode it is
 // also a Syncer.
 type BadgerStore struct {
-	db   *badger.DB
-	dir  string
-	mode SyncMode
-	log  *slog.Logger
-	mu   sync.Mutex
-	seqs map[string]*badger.Sequence
+	db     *badger.DB
+	dir    string
+	syncer *badgersync.Syncer
+	mode   SyncMode
+	log    *slog.Logger
+	mu     sync.Mutex
+	seqs   map[string]*badger.Sequence
 
 	// Sync bookkeeping (SyncCommits mode). written counts committed
 	// transactions, synced the value of written that the last successful
@@ -151,6 +152,7 @@ func OpenBadgerStore(dir string, o BadgerOptions) (*BadgerStore, error) {
 		WithSyncWrites(o.Sync == SyncAll).
 		WithMemTableSize(mt).
 		WithValueThreshold(vt).
+		WithVerifyValueChecksum(true). // value-log values (≥ vt) are checked on read: a torn one is an error, never wrong data
 		WithBlockCacheSize(orDefault(o.BlockCacheSize, 32<<20)).
 		WithIndexCacheSize(orDefault(o.IndexCacheSize, 16<<20)).
 		WithValueLogFileSize(orDefault(o.ValueLogFileSize, 256<<20)).
@@ -162,7 +164,7 @@ func OpenBadgerStore(dir string, o BadgerOptions) (*BadgerStore, error) {
 	if err != nil {
 		return nil, fmt.Errorf("metad: open badger in %s: %w", dir, err)
 	}
-	b := &BadgerStore{db: db, dir: dir, mode: o.Sync, log: o.Logger, seqs: map[string]*badger.Sequence{}, vlogMin: vt}
+	b := &BadgerStore{db: db, dir: dir, syncer: badgersync.New(dir), mode: o.Sync, log: o.Logger, seqs: map[string]*badger.Sequence{}, vlogMin: vt}
 	if b.log == nil {
 		b.log = slog.New(slog.DiscardHandler)
 	}
@@ -475,7 +477,7 @@ func (b *BadgerStore) Syncs() uint64 { return b.syncs.Load() }
 
 // syncFiles makes every committed transaction durable (badger's own
 // DB.Sync misses memtables that filled up since: see internal/badgersync).
-func (b *BadgerStore) syncFiles(vlog bool) error { return badgersync.Sync(b.dir, vlog) }
+func (b *BadgerStore) syncFiles(vlog bool) error { return b.syncer.Sync(vlog) }
 
 // flushLoop syncs unsynced transactions every interval until Close.
 func (b *BadgerStore) flushLoop(every time.Duration) {

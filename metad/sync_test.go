@@ -15,6 +15,7 @@ import (
 
 	"stasis/blockd"
 	"stasis/cas"
+	"stasis/internal/badgersync"
 )
 
 // Durability modes. A power loss cannot be simulated on this machine (no
@@ -214,11 +215,11 @@ func TestBadgerSyncErrorSticks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st.dir = filepath.Join(dir, "gone") // the next sync cannot list the store
+	st.syncer = badgersync.New(filepath.Join(dir, "gone")) // the next sync cannot list the store
 	if err := s.Sync(ctx); err == nil {
 		t.Fatal("Sync succeeded though the store could not be synced")
 	}
-	st.dir = dir
+	st.syncer = badgersync.New(dir)
 	if _, err := s.Create(ctx, CreateRequest{Parent: RootIno, Name: "g", Mode: syscall.S_IFREG | 0o644}); err != nil {
 		t.Fatal(err) // namespace changes still commit (and survive a process crash)
 	}

@@ -9,8 +9,8 @@
 // here fdatasyncs every memtable log (*.mem) still in the directory — a log
 // whose memtable was flushed is gone, and the table badger wrote for it was
 // synced when it was written — plus the newest value-log files, and the
-// directory itself so that files badger created since the last sync are
-// found after a power loss.
+// directory itself when badger created or removed files since the last sync,
+// so that they are found after a power loss.
 package badgersync
 
 import (
@@ -21,41 +21,70 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 )
 
-// Sync makes every transaction committed to the badger database in dir
-// before the call durable. With vlog, the two newest value-log files are
-// synced too (values at or above the value threshold live there; two cover
-// a file switch between the commit and this call).
-func Sync(dir string, vlog bool) error {
-	ents, err := os.ReadDir(dir)
+// Syncer syncs one badger directory. It remembers which files the
+// directory held at its last sync and syncs the directory itself only when
+// that set changed (badger created or removed a file), so that a sync with
+// nothing new costs only the data syncs. Safe for concurrent use.
+type Syncer struct {
+	dir   string
+	mu    sync.Mutex
+	names string // the *.mem and *.vlog names at the last good sync
+}
+
+// New returns a Syncer for the badger database in dir.
+func New(dir string) *Syncer { return &Syncer{dir: dir} }
+
+// Sync makes every transaction committed to the badger database before the
+// call durable. With vlog, the two newest value-log files are synced too
+// (values at or above the value threshold live there; two cover a file
+// switch between the commit and this call); without it the caller promises
+// that no value went to the value log.
+func (s *Syncer) Sync(vlog bool) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ents, err := os.ReadDir(s.dir)
 	if err != nil {
 		return err
 	}
 	var vlogs []int
+	var names strings.Builder
 	for _, e := range ents {
 		name := e.Name()
 		if strings.HasSuffix(name, ".mem") {
-			if err := datasync(filepath.Join(dir, name)); err != nil {
+			names.WriteString(name + "/")
+			if err := datasync(filepath.Join(s.dir, name)); err != nil {
 				return err
 			}
 		}
-		if fid, ok := strings.CutSuffix(name, ".vlog"); ok && vlog {
-			if n, err := strconv.Atoi(fid); err == nil {
+		if fid, ok := strings.CutSuffix(name, ".vlog"); ok {
+			names.WriteString(name + "/")
+			if n, err := strconv.Atoi(fid); err == nil && vlog {
 				vlogs = append(vlogs, n)
 			}
 		}
 	}
 	slices.Sort(vlogs)
 	for i := max(0, len(vlogs)-2); i < len(vlogs); i++ {
-		if err := datasync(filepath.Join(dir, vlogName(vlogs[i]))); err != nil {
+		if err := datasync(filepath.Join(s.dir, vlogName(vlogs[i]))); err != nil {
 			return err
 		}
 	}
-	return datasync(dir)
+	if names.String() != s.names {
+		if err := datasync(s.dir); err != nil {
+			return err
+		}
+		s.names = names.String()
+	}
+	return nil
 }
+
+// Sync is New(dir).Sync(vlog): it always syncs the directory too.
+func Sync(dir string, vlog bool) error { return New(dir).Sync(vlog) }
 
 // onSync, when set (tests), is called with every path Sync syncs.
 var onSync func(path string)

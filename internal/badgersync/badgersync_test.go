@@ -91,3 +91,47 @@ func TestVlogName(t *testing.T) {
 		}
 	}
 }
+
+// TestSyncerSyncsDirOnlyWhenFilesChange: a Syncer syncs the directory on
+// its first sync and again only after a memtable or value-log file appeared
+// or went.
+func TestSyncerSyncsDirOnlyWhenFilesChange(t *testing.T) {
+	dir := t.TempDir()
+	var synced []string
+	onSync = func(p string) { synced = append(synced, p) }
+	defer func() { onSync = nil }()
+	s := New(dir)
+	dirSynced := func() bool {
+		defer func() { synced = nil }()
+		if err := s.Sync(true); err != nil {
+			t.Fatal(err)
+		}
+		return slices.Contains(synced, dir)
+	}
+	touch := func(name string) {
+		if err := os.WriteFile(filepath.Join(dir, name), nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	touch("00001.mem")
+	if !dirSynced() {
+		t.Error("first sync did not sync the directory")
+	}
+	if dirSynced() {
+		t.Error("sync with no new files synced the directory")
+	}
+	touch("000002.vlog")
+	if !dirSynced() {
+		t.Error("a new value log did not make the sync include the directory")
+	}
+	if err := os.Remove(filepath.Join(dir, "00001.mem")); err != nil {
+		t.Fatal(err)
+	}
+	if !dirSynced() {
+		t.Error("a removed memtable log did not make the sync include the directory")
+	}
+	touch("MANIFEST") // not a file whose appearance Sync tracks
+	if dirSynced() {
+		t.Error("an unrelated file made the sync include the directory")
+	}
+}
