@@ -2,6 +2,7 @@ package fusefs_test
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -14,8 +15,10 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"stasis/cas"
 	"stasis/casfs"
 	"stasis/casfs/internal/testenv"
+	"stasis/metad"
 )
 
 // TestDiskFullIsENOSPC: a block store that is full makes close() fail with
@@ -119,5 +122,114 @@ func TestCloseIgnoresInterrupts(t *testing.T) {
 		if !bytes.Equal(got, data) {
 			t.Fatalf("%s: read back %d bytes that differ from the %d written", name, len(got), len(data))
 		}
+	}
+}
+
+// slowMeta delays namespace mutations and, like an HTTP client, gives up
+// when its context is cancelled, so an interrupted FUSE request that passed
+// its cancellation on would fail.
+type slowMeta struct {
+	metad.API
+	delay time.Duration
+}
+
+func (m slowMeta) wait(ctx context.Context) error {
+	select {
+	case <-time.After(m.delay):
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (m slowMeta) Create(ctx context.Context, req metad.CreateRequest) (metad.Attr, error) {
+	if err := m.wait(ctx); err != nil {
+		return metad.Attr{}, err
+	}
+	return m.API.Create(ctx, req)
+}
+
+func (m slowMeta) SetXattr(ctx context.Context, ino metad.Ino, name string, value []byte, flags uint32) error {
+	if err := m.wait(ctx); err != nil {
+		return err
+	}
+	return m.API.SetXattr(ctx, ino, name, value, flags)
+}
+
+func (m slowMeta) Rename(ctx context.Context, dir metad.Ino, name string, newDir metad.Ino, newName string, flags metad.RenameFlags) error {
+	if err := m.wait(ctx); err != nil {
+		return err
+	}
+	return m.API.Rename(ctx, dir, name, newDir, newName, flags)
+}
+
+func (m slowMeta) Unlink(ctx context.Context, dir metad.Ino, name string) error {
+	if err := m.wait(ctx); err != nil {
+		return err
+	}
+	return m.API.Unlink(ctx, dir, name)
+}
+
+// TestMutationsIgnoreInterrupts: signals to the thread blocked in mkdir,
+// setxattr, rename or unlink (FUSE_INTERRUPT) do not turn them into EINTR
+// — the bench saw setxattr fail so — and each takes effect once.
+func TestMutationsIgnoreInterrupts(t *testing.T) {
+	blocks := testenv.NewBlocks()
+	svc := testenv.OpenMeta(t, t.TempDir(), blocks, cas.Policy{})
+	_, mnt := mount(t, testenv.Options{Blocks: blocks, Meta: slowMeta{API: svc, delay: 60 * time.Millisecond}})
+	sig := make(chan os.Signal, 1024)
+	signal.Notify(sig, syscall.SIGUSR1)
+	defer signal.Stop(sig)
+
+	// underSignals runs op on a locked thread and sends that thread
+	// SIGUSR1 every millisecond until op returns.
+	underSignals := func(what string, op func() error) {
+		t.Helper()
+		tids := make(chan int, 1)
+		done := make(chan error, 1)
+		go func() {
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			tids <- unix.Gettid()
+			done <- op()
+		}()
+		tid := <-tids
+		sent := 0
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s did not return within 20 s under signals", what)
+			}
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Fatalf("%s with %d signals to its thread: %v", what, sent, err)
+				}
+				if sent == 0 {
+					t.Fatalf("%s: no signal was sent while it ran", what)
+				}
+				return
+			default:
+				unix.Tgkill(os.Getpid(), tid, syscall.SIGUSR1)
+				sent++
+				time.Sleep(time.Millisecond)
+			}
+		}
+	}
+	d, f, g := filepath.Join(mnt, "d"), filepath.Join(mnt, "d", "f"), filepath.Join(mnt, "d", "g")
+	// unix calls, not os: os retries EINTR, which would loop under signals.
+	underSignals("mkdir", func() error { return unix.Mkdir(d, 0o755) })
+	if err := os.WriteFile(f, []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	underSignals("setxattr", func() error { return unix.Setxattr(f, "user.k", []byte("v"), 0) })
+	underSignals("rename", func() error { return unix.Rename(f, g) })
+	buf := make([]byte, 8)
+	if n, err := unix.Getxattr(g, "user.k", buf); err != nil || string(buf[:n]) != "v" {
+		t.Fatalf("xattr after rename: %q, %v", buf[:n], err)
+	}
+	underSignals("unlink", func() error { return unix.Unlink(g) })
+	if _, err := os.Stat(g); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("after unlink: %v", err)
 	}
 }

@@ -162,6 +162,22 @@ func (r *rootData) toErrno(op string, err error) syscall.Errno {
 	return syscall.EIO
 }
 
+// noInterrupt detaches a mutation from the kernel's FUSE_INTERRUPT (which
+// go-fuse turns into a cancelled context). Any signal to the calling thread
+// interrupts the request — Go's runtime sends its preemption signal to
+// threads blocked in system calls — and a mutation that metad may already
+// have applied must not be reported as EINTR: most callers do not retry
+// mkdir, rename or setxattr, and a retry would see EEXIST or ENOENT. The
+// operation is bounded by mutationTimeout instead (it fails with EIO). Reads
+// may still be interrupted: they change nothing, and callers retry them.
+func noInterrupt(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), mutationTimeout)
+}
+
+// mutationTimeout bounds a mutation that interrupts cannot stop: longer
+// than casfs's retry deadline (30 s by default) with room to spare.
+const mutationTimeout = 2 * time.Minute
+
 func (r *rootData) fill(a metad.Attr, id metad.Node, out *fuse.Attr) {
 	out.Ino = kernelIno(id)
 	out.Mode = a.Mode
@@ -273,6 +289,8 @@ func (n *node) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) 
 }
 
 func (n *node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	ctx, cancel := noInterrupt(ctx)
+	defer cancel()
 	if !n.live() {
 		return syscall.EROFS
 	}
@@ -305,6 +323,8 @@ func (n *node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn,
 }
 
 func (n *node) create(ctx context.Context, req metad.CreateRequest, out *fuse.EntryOut) (*fs.Inode, metad.Attr, syscall.Errno) {
+	ctx, cancel := noInterrupt(ctx)
+	defer cancel()
 	if !n.live() {
 		return nil, metad.Attr{}, syscall.EROFS
 	}
@@ -324,6 +344,8 @@ func (n *node) create(ctx context.Context, req metad.CreateRequest, out *fuse.En
 }
 
 func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno) {
+	ctx, cancel := noInterrupt(ctx)
+	defer cancel()
 	child, a, e := n.create(ctx, metad.CreateRequest{Name: name, Mode: mode&^syscall.S_IFMT | syscall.S_IFREG}, out)
 	if e != 0 {
 		return nil, nil, 0, e
@@ -352,6 +374,8 @@ func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.Entry
 }
 
 func (n *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	ctx, cancel := noInterrupt(ctx)
+	defer cancel()
 	t, ok := target.(*node)
 	if !n.live() || !ok || !t.live() {
 		return nil, syscall.EROFS
@@ -367,6 +391,8 @@ func (n *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, o
 }
 
 func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
+	ctx, cancel := noInterrupt(ctx)
+	defer cancel()
 	if !n.live() {
 		return syscall.EROFS
 	}
@@ -374,6 +400,8 @@ func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
 }
 
 func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
+	ctx, cancel := noInterrupt(ctx)
+	defer cancel()
 	if !n.live() {
 		return syscall.EROFS
 	}
@@ -384,6 +412,8 @@ func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
 }
 
 func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
+	ctx, cancel := noInterrupt(ctx)
+	defer cancel()
 	np, ok := newParent.(*node)
 	if !n.live() || !ok || !np.live() {
 		return syscall.EROFS
@@ -466,6 +496,8 @@ func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, 
 }
 
 func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
+	ctx, cancel := noInterrupt(ctx)
+	defer cancel()
 	if attr == StatsXattr {
 		return syscall.EPERM
 	}
@@ -474,6 +506,8 @@ func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uin
 }
 
 func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
+	ctx, cancel := noInterrupt(ctx)
+	defer cancel()
 	if !n.live() {
 		return syscall.EROFS
 	}
@@ -575,6 +609,8 @@ func (h *handle) Release(ctx context.Context) syscall.Errno {
 }
 
 func (h *handle) Allocate(ctx context.Context, off, size uint64, mode uint32) syscall.Errno {
+	ctx, cancel := noInterrupt(ctx)
+	defer cancel()
 	return h.r.toErrno("fallocate", h.h.Allocate(ctx, off, size, mode))
 }
 
