@@ -108,12 +108,7 @@ type BadgerStore struct {
 	statsMu sync.Mutex
 	stats   Stats
 
-	// pending counts chunks committed by a Put whose sync has not
-	// finished: visible in badger, maybe not yet durable. Get and Missing
-	// wait for a sync before reporting one, so no caller is told a chunk
-	// exists that a crash could still lose.
-	pendMu  sync.Mutex
-	pending map[cas.ChunkID]int
+	pending pendingSet // committed to badger, sync not finished
 
 	noSaveCounts bool // tests: Close leaves no counters, as a crash does
 
@@ -165,8 +160,7 @@ func OpenBadger(cfg BadgerConfig) (*BadgerStore, error) {
 	if err != nil {
 		return nil, fmt.Errorf("blockd: open badger in %s: %w", cfg.Dir, err)
 	}
-	s := &BadgerStore{db: db, log: cfg.Logger, done: make(chan struct{}), dir: cfg.Dir, minFree: cfg.MinFreeBytes,
-		pending: map[cas.ChunkID]int{}}
+	s := &BadgerStore{db: db, log: cfg.Logger, done: make(chan struct{}), dir: cfg.Dir, minFree: cfg.MinFreeBytes}
 	syncer := badgersync.New(cfg.Dir)
 	s.gs = newGroupSync(func() error { return syncer.Sync(true) })
 	if err := s.loadCounts(); err != nil {
@@ -352,18 +346,7 @@ func (s *BadgerStore) Get(ctx context.Context, id cas.ChunkID) ([]byte, error) {
 // awaitDurable returns once every one of the (present) ids is durable: if
 // any is pending, it waits for a sync that starts now.
 func (s *BadgerStore) awaitDurable(present []cas.ChunkID) error {
-	s.pendMu.Lock()
-	wait := false
-	if len(s.pending) > 0 {
-		for _, id := range present {
-			if s.pending[id] > 0 {
-				wait = true
-				break
-			}
-		}
-	}
-	s.pendMu.Unlock()
-	if !wait {
+	if !s.pending.anyOf(present) {
 		return nil
 	}
 	if err := s.gs.Sync(); err != nil {
@@ -372,15 +355,7 @@ func (s *BadgerStore) awaitDurable(present []cas.ChunkID) error {
 	return nil
 }
 
-func (s *BadgerStore) setPending(ids []cas.ChunkID, delta int) {
-	s.pendMu.Lock()
-	defer s.pendMu.Unlock()
-	for _, id := range ids {
-		if s.pending[id] += delta; s.pending[id] <= 0 {
-			delete(s.pending, id)
-		}
-	}
-}
+func (s *BadgerStore) setPending(ids []cas.ChunkID, delta int) { s.pending.add(ids, delta) }
 
 // Missing implements Store.
 func (s *BadgerStore) Missing(ctx context.Context, ids []cas.ChunkID) ([]cas.ChunkID, error) {

@@ -74,7 +74,7 @@ func TestPendingChunksWaitForSync(t *testing.T) {
 	if err := <-getDone; err != nil {
 		t.Fatal(err)
 	}
-	if n := len(s.pending); n != 0 {
+	if n := s.pending.len(); n != 0 {
 		t.Fatalf("%d chunks still pending", n)
 	}
 }

@@ -3,6 +3,8 @@ package blockd
 import (
 	"sync"
 	"sync/atomic"
+
+	"stasis/cas"
 )
 
 // groupSync shares one sync among concurrent writers (group commit). A
@@ -78,3 +80,53 @@ func (g *groupSync) run() {
 
 // Count is the number of syncs run so far.
 func (g *groupSync) Count() int64 { return g.syncs.Load() }
+
+// pendingSet counts chunks a Put has made visible (committed to the index)
+// whose sync has not finished yet: they may still be lost by a crash, so
+// Get and Missing wait for a sync before reporting one, and no caller is
+// told a chunk exists that a crash could still lose. Safe for concurrent
+// use; the zero value is ready.
+type pendingSet struct {
+	mu sync.Mutex
+	m  map[cas.ChunkID]int
+}
+
+// add changes the count of each id by delta (+1 when visible, -1 when its
+// sync finished).
+func (p *pendingSet) add(ids []cas.ChunkID, delta int) {
+	if len(ids) == 0 {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.m == nil {
+		p.m = map[cas.ChunkID]int{}
+	}
+	for _, id := range ids {
+		if p.m[id] += delta; p.m[id] <= 0 {
+			delete(p.m, id)
+		}
+	}
+}
+
+// anyOf reports whether any of ids is pending.
+func (p *pendingSet) anyOf(ids []cas.ChunkID) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.m) == 0 {
+		return false
+	}
+	for _, id := range ids {
+		if p.m[id] > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// len is the number of pending chunks.
+func (p *pendingSet) len() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.m)
+}

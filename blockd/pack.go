@@ -136,8 +136,7 @@ type PackStore struct {
 	failed error // sticky: set when a sync failed (data may be lost; writes stop)
 	stats  Stats
 
-	pendMu  sync.Mutex // see BadgerStore.pending: indexed, index not yet synced
-	pending map[cas.ChunkID]int
+	pending pendingSet // indexed, index sync not finished
 
 	spaceMu  sync.Mutex
 	inflight int64 // bytes of batches being written, reserved against free space
@@ -215,7 +214,7 @@ func OpenPack(cfg PackConfig) (*PackStore, error) {
 		return nil, fmt.Errorf("blockd: open pack index in %s: %w", indexDir, err)
 	}
 	s := &PackStore{cfg: cfg, log: cfg.Logger, packDir: packDir, db: db, done: make(chan struct{}),
-		packs: map[uint32]*packFile{}, dirty: map[*packFile]struct{}{}, pending: map[cas.ChunkID]int{}}
+		packs: map[uint32]*packFile{}, dirty: map[*packFile]struct{}{}}
 	s.dataSync = newGroupSync(s.syncPacks)
 	// Index values are 20 bytes, below the value threshold: no value log.
 	indexSyncer := badgersync.New(indexDir)
@@ -595,35 +594,13 @@ func (s *PackStore) readChunk(id cas.ChunkID, loc packLoc) ([]byte, error) {
 // any is indexed by a Put whose index sync has not finished, it waits for
 // an index sync that starts now.
 func (s *PackStore) awaitDurable(present []cas.ChunkID) error {
-	s.pendMu.Lock()
-	wait := false
-	if len(s.pending) > 0 {
-		for _, id := range present {
-			if s.pending[id] > 0 {
-				wait = true
-				break
-			}
-		}
-	}
-	s.pendMu.Unlock()
-	if !wait {
+	if !s.pending.anyOf(present) {
 		return nil
 	}
 	return s.syncIndex()
 }
 
-func (s *PackStore) setPending(ids []cas.ChunkID, delta int) {
-	if len(ids) == 0 {
-		return
-	}
-	s.pendMu.Lock()
-	defer s.pendMu.Unlock()
-	for _, id := range ids {
-		if s.pending[id] += delta; s.pending[id] <= 0 {
-			delete(s.pending, id)
-		}
-	}
-}
+func (s *PackStore) setPending(ids []cas.ChunkID, delta int) { s.pending.add(ids, delta) }
 
 func (s *PackStore) syncIndex() error {
 	if err := s.indexSync.Sync(); err != nil {
