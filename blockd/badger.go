@@ -647,6 +647,14 @@ func (s *BadgerStore) deleteTxn(ids []cas.ChunkID) error {
 // the store (including Delete). A chunk added or deleted during List may or
 // may not be listed; every chunk present throughout is listed once.
 func (s *BadgerStore) List(ctx context.Context, fn func(ChunkInfo) error) error {
+	return listPaged(ctx, fn, s.listPage)
+}
+
+// listPaged calls fn for every chunk key ("c" + ID), reading them a page at
+// a time with listPage(seek, max, infos), which appends up to max infos of
+// keys from seek on, each page from a fresh read snapshot; fn runs outside
+// any transaction.
+func listPaged(ctx context.Context, fn func(ChunkInfo) error, listPage func(seek []byte, max int, infos *[]ChunkInfo) error) error {
 	const page = 1024
 	infos := make([]ChunkInfo, 0, page)
 	seek := []byte{keyPrefixChunk}
@@ -655,7 +663,7 @@ func (s *BadgerStore) List(ctx context.Context, fn func(ChunkInfo) error) error 
 			return err
 		}
 		infos = infos[:0]
-		if err := s.listPage(seek, page, &infos); err != nil {
+		if err := listPage(seek, page, &infos); err != nil {
 			return err
 		}
 		for _, info := range infos {

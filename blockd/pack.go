@@ -1202,28 +1202,7 @@ func (s *PackStore) deleteTxn(ids []cas.ChunkID) error {
 // into the store (including Delete). A chunk added or deleted during List
 // may or may not be listed; every chunk present throughout is listed once.
 func (s *PackStore) List(ctx context.Context, fn func(ChunkInfo) error) error {
-	const page = 1024
-	infos := make([]ChunkInfo, 0, page)
-	seek := []byte{keyPrefixChunk}
-	for {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		infos = infos[:0]
-		if err := s.listPage(seek, page, &infos); err != nil {
-			return err
-		}
-		for _, info := range infos {
-			if err := fn(info); err != nil {
-				return err
-			}
-		}
-		if len(infos) < page {
-			return nil
-		}
-		last := infos[len(infos)-1].ID
-		seek = append(chunkKey(last), 0) // the smallest key after last
-	}
+	return listPaged(ctx, fn, s.listPage)
 }
 
 func (s *PackStore) listPage(seek []byte, max int, infos *[]ChunkInfo) error {
