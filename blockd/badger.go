@@ -604,42 +604,48 @@ func (s *BadgerStore) Delete(ctx context.Context, ids []cas.ChunkID) error {
 	return nil
 }
 
-func (s *BadgerStore) deleteTxn(ids []cas.ChunkID) error {
+// updateRetrying runs fn in a badger update transaction, again from the
+// start whenever the commit conflicts with a concurrent one (fn must reset
+// whatever it collects).
+func updateRetrying(db *badger.DB, fn func(txn *badger.Txn) error) error {
 	for {
-		var removed Stats
-		err := s.db.Update(func(txn *badger.Txn) error {
-			removed = Stats{}
-			for _, id := range ids {
-				key := chunkKey(id)
-				item, err := txn.Get(key)
-				if errors.Is(err, badger.ErrKeyNotFound) {
-					continue
-				}
-				if err != nil {
-					return err
-				}
-				if err := item.Value(func(v []byte) error { removed.add(v, 1); return nil }); err != nil {
-					return err
-				}
-				if err := txn.Delete(key); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-		if errors.Is(err, badger.ErrConflict) {
-			continue
-		}
-		if err != nil {
+		err := db.Update(fn)
+		if !errors.Is(err, badger.ErrConflict) {
 			return err
 		}
-		s.statsMu.Lock()
-		s.stats.Chunks -= removed.Chunks
-		s.stats.EncodedBytes -= removed.EncodedBytes
-		s.stats.RawBytes -= removed.RawBytes
-		s.statsMu.Unlock()
-		return nil
 	}
+}
+
+func (s *BadgerStore) deleteTxn(ids []cas.ChunkID) error {
+	var removed Stats
+	if err := updateRetrying(s.db, func(txn *badger.Txn) error {
+		removed = Stats{}
+		for _, id := range ids {
+			key := chunkKey(id)
+			item, err := txn.Get(key)
+			if errors.Is(err, badger.ErrKeyNotFound) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			if err := item.Value(func(v []byte) error { removed.add(v, 1); return nil }); err != nil {
+				return err
+			}
+			if err := txn.Delete(key); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	s.statsMu.Lock()
+	s.stats.Chunks -= removed.Chunks
+	s.stats.EncodedBytes -= removed.EncodedBytes
+	s.stats.RawBytes -= removed.RawBytes
+	s.statsMu.Unlock()
+	return nil
 }
 
 // List implements PruneStore. It reads pages of keys, each from a fresh

@@ -1153,48 +1153,42 @@ func (s *PackStore) Delete(ctx context.Context, ids []cas.ChunkID) error {
 }
 
 func (s *PackStore) deleteTxn(ids []cas.ChunkID) error {
-	for {
-		var removed []packLoc
-		err := s.db.Update(func(txn *badger.Txn) error {
-			removed = removed[:0]
-			for _, id := range ids {
-				key := chunkKey(id)
-				item, err := txn.Get(key)
-				if errors.Is(err, badger.ErrKeyNotFound) {
-					continue
-				}
-				if err != nil {
-					return err
-				}
-				var loc packLoc
-				if err := item.Value(func(v []byte) (err error) { loc, err = decodeLoc(v); return err }); err != nil {
-					return err
-				}
-				if err := txn.Delete(key); err != nil {
-					return err
-				}
-				removed = append(removed, loc)
+	var removed []packLoc
+	if err := updateRetrying(s.db, func(txn *badger.Txn) error {
+		removed = removed[:0]
+		for _, id := range ids {
+			key := chunkKey(id)
+			item, err := txn.Get(key)
+			if errors.Is(err, badger.ErrKeyNotFound) {
+				continue
 			}
-			return nil
-		})
-		if errors.Is(err, badger.ErrConflict) {
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		s.mu.Lock()
-		for _, loc := range removed {
-			if p := s.packs[loc.pack]; p != nil {
-				p.live -= loc.recLen()
+			if err != nil {
+				return err
 			}
-			s.stats.Chunks--
-			s.stats.EncodedBytes -= int64(loc.encLen)
-			s.stats.RawBytes -= int64(loc.rawLen)
+			var loc packLoc
+			if err := item.Value(func(v []byte) (err error) { loc, err = decodeLoc(v); return err }); err != nil {
+				return err
+			}
+			if err := txn.Delete(key); err != nil {
+				return err
+			}
+			removed = append(removed, loc)
 		}
-		s.mu.Unlock()
 		return nil
+	}); err != nil {
+		return err
 	}
+	s.mu.Lock()
+	for _, loc := range removed {
+		if p := s.packs[loc.pack]; p != nil {
+			p.live -= loc.recLen()
+		}
+		s.stats.Chunks--
+		s.stats.EncodedBytes -= int64(loc.encLen)
+		s.stats.RawBytes -= int64(loc.rawLen)
+	}
+	s.mu.Unlock()
+	return nil
 }
 
 // List implements PruneStore. It reads pages of index entries, each from a

@@ -225,45 +225,39 @@ func (s *PackStore) moveRecords(p *packFile, recs []movedRecord) error {
 // indexMove points each entry that still names its old record at the new
 // copy, in one transaction (retried on conflicts with Deletes and Puts).
 func (s *PackStore) indexMove(from, to *packFile, recs []movedRecord, locs []packLoc) error {
-	for {
-		var moved []int
-		err := s.db.Update(func(txn *badger.Txn) error {
-			moved = moved[:0]
-			for i, r := range recs {
-				key := chunkKey(r.id)
-				item, err := txn.Get(key)
-				if errors.Is(err, badger.ErrKeyNotFound) {
-					continue // deleted meanwhile: the copy is dead
-				}
-				if err != nil {
-					return err
-				}
-				var cur packLoc
-				if err := item.Value(func(v []byte) (err error) { cur, err = decodeLoc(v); return err }); err != nil {
-					return err
-				}
-				if cur != r.loc {
-					continue // deleted and put again elsewhere
-				}
-				if err := txn.Set(key, locs[i].encode()); err != nil {
-					return err
-				}
-				moved = append(moved, i)
+	var moved []int
+	if err := updateRetrying(s.db, func(txn *badger.Txn) error {
+		moved = moved[:0]
+		for i, r := range recs {
+			key := chunkKey(r.id)
+			item, err := txn.Get(key)
+			if errors.Is(err, badger.ErrKeyNotFound) {
+				continue // deleted meanwhile: the copy is dead
 			}
-			return nil
-		})
-		if errors.Is(err, badger.ErrConflict) {
-			continue
+			if err != nil {
+				return err
+			}
+			var cur packLoc
+			if err := item.Value(func(v []byte) (err error) { cur, err = decodeLoc(v); return err }); err != nil {
+				return err
+			}
+			if cur != r.loc {
+				continue // deleted and put again elsewhere
+			}
+			if err := txn.Set(key, locs[i].encode()); err != nil {
+				return err
+			}
+			moved = append(moved, i)
 		}
-		if err != nil {
-			return err
-		}
-		s.mu.Lock()
-		for _, i := range moved {
-			from.live -= recs[i].loc.recLen()
-			to.live += locs[i].recLen()
-		}
-		s.mu.Unlock()
 		return nil
+	}); err != nil {
+		return err
 	}
+	s.mu.Lock()
+	for _, i := range moved {
+		from.live -= recs[i].loc.recLen()
+		to.live += locs[i].recLen()
+	}
+	s.mu.Unlock()
+	return nil
 }
