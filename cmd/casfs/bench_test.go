@@ -23,6 +23,8 @@ import (
 //
 // CASFS_BENCH_MIB sets the file size (default 1024). Metrics are MB/s and
 // ratios to the local disk; casfs-rss-MiB is the casfs process's peak RSS.
+// CASFS_BENCH_BIN runs a casfs binary built beforehand instead of this
+// tree's (for A/B runs of two builds in one session).
 // BenchmarkRSS writes CASFS_BENCH_RSS_MIB (default 4096) MiB. The data
 // kinds (zero, text, random) are package seqio's, which casfs's
 // BenchmarkWrite writes too.
@@ -144,8 +146,16 @@ func stopMount(b *testing.B, m *mountProc, mnt string) {
 	}
 }
 
+// benchBinary is CASFS_BENCH_BIN, or this tree's casfs built for the run.
+func benchBinary(b *testing.B) string {
+	if bin := os.Getenv("CASFS_BENCH_BIN"); bin != "" {
+		return bin
+	}
+	return buildBinary(b)
+}
+
 func BenchmarkSeqIO(b *testing.B) {
-	bin := buildBinary(b)
+	bin := benchBinary(b)
 	mib := seqio.EnvInt("CASFS_BENCH_MIB", 1024)
 	for _, kind := range seqio.Kinds {
 		b.Run(kind, func(b *testing.B) {
@@ -195,7 +205,7 @@ func BenchmarkSeqIO(b *testing.B) {
 }
 
 func BenchmarkRSS(b *testing.B) {
-	bin := buildBinary(b)
+	bin := benchBinary(b)
 	mib := seqio.EnvInt("CASFS_BENCH_RSS_MIB", 4096)
 	for range b.N {
 		work := b.TempDir()

@@ -44,6 +44,7 @@ type mountOptions struct {
 	MemLimit   int64
 	DiskCache  string
 	DiskCacheM int64
+	CachedWr   bool
 }
 
 func init() {
@@ -73,6 +74,7 @@ func init() {
 	f.IntVar(&o.Uploads, "uploads", 0, "batches uploaded concurrently per file (0: casfs default)")
 	f.Int64Var(&o.MemLimit, "memory-limit-mib", 384, "soft limit of the Go heap (GOMEMLIMIT); 0 leaves the runtime default")
 	f.StringVar(&o.DebugAddr, "debug-addr", "", "serve /debug/pprof on this `ADDR` (e.g. 127.0.0.1:6060)")
+	f.BoolVar(&o.CachedWr, "cached-writes", false, "send writes of write-only opens through the kernel page cache (default: direct, which skips filling cache pages casfs never reads back)")
 	f.DurationVar(&o.AttrTTL, "attr-timeout", time.Second, "kernel entry/attribute cache time for the live tree")
 	rootCmd.AddCommand(cmd)
 }
@@ -159,7 +161,7 @@ func runMount(ctx context.Context, o *mountOptions, args []string) error {
 	srv, err := fusefs.Mount(mnt, fsys, fusefs.Options{
 		EntryTimeout: o.AttrTTL, AttrTimeout: o.AttrTTL,
 		AllowOther: o.AllowOther, Debug: o.Debug, Logger: log,
-		FsName: fsName(o),
+		FsName: fsName(o), CachedWrites: o.CachedWr,
 	})
 	if err != nil {
 		fsys.Close(context.Background())
