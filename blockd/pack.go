@@ -57,6 +57,14 @@ type PackConfig struct {
 	// stay in, the page cache either). File systems without O_DIRECT
 	// fall back to buffered writes.
 	BufferedWrites bool
+	// DirectReads reads batches (GetMany) with O_DIRECT into reused
+	// aligned buffers instead of through the page cache, where the file
+	// system allows it (single-chunk Gets stay buffered). For a store whose
+	// only reader keeps its own chunk cache (casfs's embedded mode) the
+	// page cache is a second copy: filling it cost more than the read
+	// itself on the VMs measured (fresh page-cache pages; bench/RESULTS.md).
+	// A blockd serving many nodes may want the page cache shared instead.
+	DirectReads bool
 }
 
 // Validate checks the config and fills defaults.
@@ -151,6 +159,7 @@ type packFile struct {
 	rw   sync.RWMutex // shared by reads, writes and syncs of f; exclusive to remove
 	f    *os.File     // nil once removed
 	df   *os.File     // O_DIRECT, write-only; the current pack's while it has writers (nil: write through f)
+	rf   *os.File     // O_DIRECT, read-only, for batched reads (nil: read through f)
 
 	// Under PackStore.mu:
 	size    int64 // end of the last record placed (file size plus regions being written)
@@ -276,6 +285,7 @@ func (s *PackStore) load() error {
 			return fmt.Errorf("blockd: open pack: %w", err)
 		}
 		adviseSequential(p.f)
+		p.rf = s.openDirectRead(p.path)
 		s.packs[n] = p
 		fi, err := p.f.Stat()
 		if err != nil {
@@ -362,6 +372,7 @@ func (s *PackStore) createPack(n uint32) (*packFile, error) {
 	}
 	p.f = f
 	p.df = s.openDirect(p.path)
+	p.rf = s.openDirectRead(p.path)
 	adviseSequential(f)
 	return p, nil
 }
@@ -427,6 +438,20 @@ func (s *PackStore) openDirect(path string) *os.File {
 	return f
 }
 
+// openDirectRead opens path for O_DIRECT batched reads, or returns nil if
+// the store reads buffered or the file system refuses O_DIRECT.
+func (s *PackStore) openDirectRead(path string) *os.File {
+	if !s.cfg.DirectReads {
+		return nil
+	}
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_DIRECT, 0)
+	if err != nil {
+		s.log.Debug("pack reads go through the page cache: no O_DIRECT here", "pack", path, "err", err)
+		return nil
+	}
+	return f
+}
+
 func syncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
@@ -446,6 +471,10 @@ func (p *packFile) closeFiles() {
 	if p.df != nil {
 		p.df.Close()
 		p.df = nil
+	}
+	if p.rf != nil {
+		p.rf.Close()
+		p.rf = nil
 	}
 	if p.f != nil {
 		p.f.Close()

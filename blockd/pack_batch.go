@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"sync"
 
 	"github.com/dgraph-io/badger/v4"
 
@@ -47,6 +48,7 @@ func (s *PackStore) GetMany(ctx context.Context, ids []cas.ChunkID, fn func(id c
 	defer s.leave()
 	var missing []cas.ChunkID
 	var buf []byte
+	defer func() { putReadBuf(buf) }() // fn saw its bytes only during its call
 	win := make([]batchEntry, 0, min(len(ids), batchWindowIDs))
 	n := len(ids)
 	for len(ids) > 0 {
@@ -132,9 +134,11 @@ func (s *PackStore) lookupWindow(win []batchEntry, ids []cas.ChunkID) ([]batchEn
 }
 
 // readWindow reads the records of the found entries of win, a run of
-// neighbours per pread, into buf (grown as needed and returned for reuse),
-// and checks each record's header. An entry whose pack is gone keeps a nil
-// rec.
+// neighbours per pread, into buf (grown as needed and returned for reuse;
+// give it back with putReadBuf), and checks each record's header. An entry
+// whose pack is gone keeps a nil rec. Runs are read as whole dioAlign
+// blocks into aligned places of buf, so a pack with an O_DIRECT reader
+// (PackConfig.DirectReads) is read with it.
 func (s *PackStore) readWindow(win []batchEntry, buf []byte) ([]byte, error) {
 	order := make([]int, 0, len(win))
 	for i, e := range win {
@@ -160,24 +164,29 @@ func (s *PackStore) readWindow(win []batchEntry, buf []byte) ([]byte, error) {
 		if len(runs) > 0 {
 			r := &runs[len(runs)-1]
 			if r.pack == l.pack && l.off <= r.end+batchGapBytes && max(r.end, end)-r.start <= batchRunBytes {
-				total += max(r.end, end) - r.end
 				r.end = max(r.end, end)
 				r.n++
 				continue
 			}
+			total += alignUp(r.end) - alignDown(r.start)
 		}
 		runs = append(runs, run{pack: l.pack, start: l.off, end: end, first: k, n: 1})
-		total += end - l.off
+	}
+	if len(runs) > 0 {
+		r := runs[len(runs)-1]
+		total += alignUp(r.end) - alignDown(r.start)
 	}
 	if int64(cap(buf)) < total {
-		buf = make([]byte, total)
+		putReadBuf(buf)
+		buf = getReadBuf(int(total))
 	}
 	buf = buf[:total]
 	pos := int64(0)
 	for _, r := range runs {
-		b := buf[pos : pos+r.end-r.start]
-		pos += r.end - r.start
-		err := s.readRun(r.pack, r.start, b)
+		as := alignDown(r.start)
+		b := buf[pos : pos+alignUp(r.end)-as]
+		pos += int64(len(b))
+		err := s.readRun(r.pack, as, b, r.end-as)
 		if errors.Is(err, errPackGone) {
 			continue // entries keep rec nil: each is read alone
 		}
@@ -186,7 +195,7 @@ func (s *PackStore) readWindow(win []batchEntry, buf []byte) ([]byte, error) {
 		}
 		for _, i := range order[r.first : r.first+r.n] {
 			e := &win[i]
-			rec := b[e.loc.off-r.start : e.loc.off-r.start+e.loc.recLen()]
+			rec := b[e.loc.off-as : e.loc.off-as+e.loc.recLen()]
 			if err := checkRecord(rec, e.id, e.loc.encLen); err != nil {
 				return buf, fmt.Errorf("pack %s offset %d: %w", packName(e.loc.pack), e.loc.off, err)
 			}
@@ -196,8 +205,10 @@ func (s *PackStore) readWindow(win []batchEntry, buf []byte) ([]byte, error) {
 	return buf, nil
 }
 
-// readRun reads b from pack num at off, or returns errPackGone.
-func (s *PackStore) readRun(num uint32, off int64, b []byte) error {
+// readRun reads b from pack num at off (both dioAlign-aligned, b in an
+// aligned buffer), or returns errPackGone. The first need bytes must be
+// there; the rest of b may lie past the end of the pack.
+func (s *PackStore) readRun(num uint32, off int64, b []byte, need int64) error {
 	s.mu.Lock()
 	p := s.packs[num]
 	s.mu.Unlock()
@@ -209,14 +220,63 @@ func (s *PackStore) readRun(num uint32, off int64, b []byte) error {
 	if p.f == nil {
 		return errPackGone
 	}
-	p.readAhead(off, int64(len(b)))
-	n, err := p.f.ReadAt(b, off)
+	f := p.rf
+	if f == nil {
+		f = p.f
+		p.readAhead(off, int64(len(b)))
+	}
+	n, err := f.ReadAt(b, off)
+	if errors.Is(err, io.EOF) && int64(n) >= need {
+		err = nil
+	}
 	if errors.Is(err, io.EOF) {
 		return fmt.Errorf("%w: pack %s ends %d bytes into a %d-byte read at offset %d",
-			ErrPackCorrupt, packName(num), n, len(b), off)
+			ErrPackCorrupt, packName(num), n, need, off)
 	}
 	if err != nil {
 		return fmt.Errorf("blockd: read pack %s: %w", packName(num), err)
 	}
 	return nil
+}
+
+func alignDown(n int64) int64 { return n &^ (dioAlign - 1) }
+
+// Buffers for batched reads, aligned for O_DIRECT, pooled by power-of-two
+// size class from 1 MiB (readBufMinShift) up to 64 MiB; larger ones are
+// not pooled.
+const (
+	readBufMinShift = 20
+	readBufClasses  = 7
+)
+
+var readBufs [readBufClasses]sync.Pool
+
+func readBufClass(n int) int {
+	c := 0
+	for 1<<(readBufMinShift+c) < n {
+		c++
+	}
+	return c
+}
+
+func getReadBuf(n int) []byte {
+	c := readBufClass(n)
+	if c >= readBufClasses {
+		return alignedBuf(n)
+	}
+	if b, ok := readBufs[c].Get().(*[]byte); ok {
+		return (*b)[:n]
+	}
+	return alignedBuf(1 << (readBufMinShift + c))[:n]
+}
+
+func putReadBuf(b []byte) {
+	if b == nil {
+		return
+	}
+	c := readBufClass(cap(b))
+	if c < readBufClasses && cap(b) == 1<<(readBufMinShift+c) {
+		b = b[:cap(b)]
+		readBufs[c].Put(&b)
+	}
 }

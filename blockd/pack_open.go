@@ -46,6 +46,7 @@ type StoreConfig struct {
 	GCDiscardRatio float64
 	MinFreeBytes   int64
 	PackSize       int64 // pack store only
+	DirectReads    bool  // pack store only: see PackConfig.DirectReads
 }
 
 // DetectStoreKind reports the kind of store in dir: the kind its STORE
@@ -98,7 +99,7 @@ func OpenStore(cfg StoreConfig) (DiskStore, string, error) {
 	case cfg.Kind != "" && cfg.Kind != have:
 		return nil, "", fmt.Errorf("%w: %s holds a %s store, not %s", ErrStoreKind, cfg.Dir, have, cfg.Kind)
 	}
-	pc := PackConfig{Dir: cfg.Dir, Logger: cfg.Logger, Small: cfg.Small, PackSize: cfg.PackSize,
+	pc := PackConfig{Dir: cfg.Dir, Logger: cfg.Logger, Small: cfg.Small, PackSize: cfg.PackSize, DirectReads: cfg.DirectReads,
 		GCInterval: cfg.GCInterval, GCDiscardRatio: cfg.GCDiscardRatio, MinFreeBytes: cfg.MinFreeBytes}
 	bc := BadgerConfig{Dir: cfg.Dir, Logger: cfg.Logger, Small: cfg.Small,
 		GCInterval: cfg.GCInterval, GCDiscardRatio: cfg.GCDiscardRatio, MinFreeBytes: cfg.MinFreeBytes}

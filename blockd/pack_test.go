@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -77,6 +78,78 @@ func TestPackConformanceBuffered(t *testing.T) {
 	storetest.Run(t, func(t *testing.T) blockd.PruneStore {
 		return openPackCfg(t, blockd.PackConfig{Dir: t.TempDir(), BufferedWrites: true})
 	})
+}
+
+// The suite over a store that reads batches with O_DIRECT, written both
+// ways (buffered packs have unaligned records and an unaligned end).
+func TestPackConformanceDirectReads(t *testing.T) {
+	for _, buffered := range []bool{false, true} {
+		t.Run(fmt.Sprintf("buffered=%v", buffered), func(t *testing.T) {
+			storetest.Run(t, func(t *testing.T) blockd.PruneStore {
+				return openPackCfg(t, blockd.PackConfig{Dir: t.TempDir(), PackSize: 256 << 10,
+					BufferedWrites: buffered, DirectReads: true})
+			})
+		})
+	}
+}
+
+// residentBytes is how much of the file at path is in the page cache.
+func residentBytes(t *testing.T, path string) int {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := unix.Mmap(int(f.Fd()), 0, int(fi.Size()), unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(m)
+	page := os.Getpagesize()
+	vec := make([]byte, (len(m)+page-1)/page)
+	if _, _, e := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&m[0])), uintptr(len(m)), uintptr(unsafe.Pointer(&vec[0]))); e != 0 {
+		t.Fatal("mincore:", e)
+	}
+	n := 0
+	for _, v := range vec {
+		n += int(v&1) * page
+	}
+	return n
+}
+
+// With DirectReads a batched read leaves the pack out of the page cache
+// (the packs are written with O_DIRECT, so nothing else puts it there);
+// without, the same read fills it.
+func TestPackDirectReadsBypassPageCache(t *testing.T) {
+	ctx := context.Background()
+	for _, direct := range []bool{true, false} {
+		t.Run(fmt.Sprintf("directreads=%v", direct), func(t *testing.T) {
+			s := openPackCfg(t, blockd.PackConfig{Dir: t.TempDir(), DirectReads: direct})
+			chunks := storetest.Chunks(40, 64, 64<<10)
+			if err := s.Put(ctx, chunks); err != nil {
+				t.Fatal(err)
+			}
+			pk := lastPack(t, s)
+			if n := residentBytes(t, pk.Path); n > 64<<10 {
+				t.Skipf("%d bytes of the pack cached after an O_DIRECT write: no O_DIRECT here", n)
+			}
+			n := 0
+			err := s.GetMany(ctx, storetest.IDs(chunks), func(cas.ChunkID, []byte) error { n++; return nil })
+			if err != nil || n != len(chunks) {
+				t.Fatalf("GetMany = %d chunks, %v", n, err)
+			}
+			res := residentBytes(t, pk.Path)
+			t.Logf("%d of %d bytes cached after the read", res, pk.Size)
+			if direct && res > 64<<10 || !direct && res < 2<<20 {
+				t.Fatalf("%d bytes of the pack in the page cache after GetMany (direct reads %v)", res, direct)
+			}
+		})
+	}
 }
 
 func TestPackReopen(t *testing.T) {
@@ -358,9 +431,10 @@ func TestPackCorruption(t *testing.T) {
 // into an error, never into wrong bytes.
 func TestPackGetMany(t *testing.T) {
 	ctx := context.Background()
-	for _, buffered := range []bool{false, true} {
-		t.Run(fmt.Sprintf("buffered=%v", buffered), func(t *testing.T) {
-			s := openPackCfg(t, blockd.PackConfig{Dir: t.TempDir(), PackSize: 96 << 10, BufferedWrites: buffered})
+	for _, mode := range []struct{ buffered, direct bool }{{false, false}, {true, false}, {false, true}, {true, true}} {
+		t.Run(fmt.Sprintf("buffered=%v/directreads=%v", mode.buffered, mode.direct), func(t *testing.T) {
+			s := openPackCfg(t, blockd.PackConfig{Dir: t.TempDir(), PackSize: 96 << 10,
+				BufferedWrites: mode.buffered, DirectReads: mode.direct})
 			chunks := storetest.Chunks(31, 60, 7000)
 			for i := 0; i < len(chunks); i += 3 { // regions of 3 records
 				if err := s.Put(ctx, chunks[i:i+3]); err != nil {

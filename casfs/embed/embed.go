@@ -71,7 +71,9 @@ func Open(cfg Config) (*Stores, error) {
 	// records are not split between packs), costing a pack creation and
 	// its syncs per batch.
 	blocks, _, err := blockd.OpenStore(blockd.StoreConfig{Dir: filepath.Join(cfg.Dir, "blocks"), Logger: cfg.Logger,
-		Small: cfg.Small, PackSize: 256 << 20})
+		Small: cfg.Small, PackSize: 256 << 20,
+		// casfs keeps its own chunk cache: the page cache would be a second copy.
+		DirectReads: true})
 	if err != nil {
 		return nil, fmt.Errorf("embed: block store: %w", err)
 	}

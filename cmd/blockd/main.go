@@ -35,6 +35,7 @@ type serveOptions struct {
 	packSize   int64
 	gcInterval time.Duration
 	minFree    int64
+	directRead bool
 }
 
 func newRootCmd() *cobra.Command {
@@ -83,6 +84,7 @@ other kind of an existing directory is an error.`,
 	f.StringVar(&o.store, "store", "", `chunk store kind: "pack" or "badger" (default: what --data holds; "pack" for a new directory)`)
 	f.Int64Var(&o.packSize, "pack-size", 0, "pack store: seal a pack file at this many bytes (default 1 GiB, 64 MiB with --small)")
 	f.DurationVar(&o.gcInterval, "gc-interval", 10*time.Minute, "pack compaction (or badger value-log GC) period (negative disables)")
+	f.BoolVar(&o.directRead, "direct-reads", false, "pack store: read batches (/v1/get) with O_DIRECT, bypassing the page cache (for blockds whose clients cache chunks themselves; the default shares the page cache among clients)")
 	f.Int64Var(&o.minFree, "min-free", 256<<20, "bytes to keep free on the data file system; puts beyond it get 507 (badger, the badger store and the pack index, writes through mmap: a full disk would crash it)")
 	cmd.AddCommand(newKeygenCmd())
 	return cmd
@@ -127,7 +129,8 @@ func runServe(ctx context.Context, o serveOptions) error {
 	defer ln.Close()
 
 	store, kind, err := blockd.OpenStore(blockd.StoreConfig{Dir: o.data, Kind: o.store, Logger: log.With("component", "store"),
-		Small: o.small, PackSize: o.packSize, GCInterval: o.gcInterval, MinFreeBytes: o.minFree})
+		Small: o.small, PackSize: o.packSize, GCInterval: o.gcInterval, MinFreeBytes: o.minFree,
+		DirectReads: o.directRead})
 	if err != nil {
 		return fmt.Errorf("--data %s: %w", o.data, err)
 	}
