@@ -430,12 +430,7 @@ func (s *PackStore) openDirect(path string) *os.File {
 	if s.cfg.BufferedWrites {
 		return nil
 	}
-	f, err := os.OpenFile(path, os.O_WRONLY|syscall.O_DIRECT, 0)
-	if err != nil {
-		s.log.Debug("pack writes go through the page cache: no O_DIRECT here", "pack", path, "err", err)
-		return nil
-	}
-	return f
+	return s.openODirect(path, os.O_WRONLY, "writes")
 }
 
 // openDirectRead opens path for O_DIRECT batched reads, or returns nil if
@@ -444,9 +439,15 @@ func (s *PackStore) openDirectRead(path string) *os.File {
 	if !s.cfg.DirectReads {
 		return nil
 	}
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_DIRECT, 0)
+	return s.openODirect(path, os.O_RDONLY, "reads")
+}
+
+// openODirect opens path with mode|O_DIRECT, or returns nil (and logs,
+// naming what goes through the page cache instead) if that is refused.
+func (s *PackStore) openODirect(path string, mode int, what string) *os.File {
+	f, err := os.OpenFile(path, mode|syscall.O_DIRECT, 0)
 	if err != nil {
-		s.log.Debug("pack reads go through the page cache: no O_DIRECT here", "pack", path, "err", err)
+		s.log.Debug("pack "+what+" go through the page cache: no O_DIRECT here", "pack", path, "err", err)
 		return nil
 	}
 	return f
