@@ -270,6 +270,22 @@ func (s *Splitter) Write(p []byte) (int, error) {
 	return total, nil
 }
 
+// Skip ends the chunk being cut at the current position (emitting what is
+// buffered, as Close does) and moves the stream offset on by n bytes that
+// are not fed to the chunker: cuts after them start afresh, as at the
+// start of a stream. The caller accounts for the skipped bytes (casfs
+// stores them as holes).
+func (s *Splitter) Skip(n uint64) error {
+	if s.err != nil {
+		return s.err
+	}
+	if err := s.drain(true); err != nil {
+		return err
+	}
+	s.off += n
+	return nil
+}
+
 // Close emits the final chunk.
 func (s *Splitter) Close() error {
 	if s.err != nil {

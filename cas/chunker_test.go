@@ -409,3 +409,38 @@ func FuzzParsePolicy(f *testing.F) {
 		}
 	})
 }
+
+// Skip cuts at the current position and resumes n bytes on: the chunks are
+// those of the part before (as if it ended there) followed by those of the
+// part after, shifted by its offset plus n.
+func TestSplitterSkip(t *testing.T) {
+	data := goldenInput()
+	for _, p := range []Policy{Fixed(4 << 10), CDC(4 << 10)} {
+		cut := len(data)/3 + 7
+		const gap = 1 << 20
+		want := cutAll(t, p, data[:cut])
+		for _, c := range cutAll(t, p, data[cut:]) {
+			c.off += cut + gap
+			want = append(want, c)
+		}
+		var got []goldenChunk
+		s := NewSplitter(p.New(), func(off uint64, c []byte) error {
+			got = append(got, goldenChunk{int(off), len(c), Sum(c).Short()})
+			return nil
+		})
+		for _, step := range []func() error{
+			func() error { _, err := s.Write(data[:cut/2]); return err },
+			func() error { _, err := s.Write(data[cut/2 : cut]); return err },
+			func() error { return s.Skip(gap) },
+			func() error { _, err := s.Write(data[cut:]); return err },
+			s.Close,
+		} {
+			if err := step(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("%s: %d chunks with a skip, want %d:\n got %v\nwant %v", p, len(got), len(want), got, want)
+		}
+	}
+}

@@ -32,9 +32,11 @@ type inode struct {
 
 // writeState is a file's content since its last commit: the committed base
 // (inode.plan) valid below baseLimit, overlaid by dirty ranges held in a
-// staging file, up to size. While a file is written sequentially from offset
-// 0 after a truncate to zero (the hypervisor case), stream is set instead and
-// data goes straight into the pipeline without staging.
+// staging file, up to size. While a file with no content but zeros (new,
+// truncated to zero, or only extended since) is written in increasing
+// offsets (the hypervisor case; also sparse copies, which skip holes, and
+// files sized with ftruncate before they are filled), stream is set instead
+// and data goes straight into the pipeline without staging.
 type writeState struct {
 	policy    cas.Policy
 	size      uint64
@@ -47,34 +49,116 @@ type writeState struct {
 	err       error // sticky: the content could not be kept; every flush reports it
 }
 
+// stream is a file's content being chunked as it is written: everything
+// below pos has been fed to sp, and the content from pos up to the file's
+// size is zeros.
 type stream struct {
-	p  *pipeline
-	sp chunkWriter
+	p   *pipeline
+	sp  chunkWriter
+	pos uint64
 }
 
-// chunkWriter cuts a stream into chunks: cas.Splitter, or fixedSplitter
-// for fixed policies.
+// chunkWriter cuts a stream into chunks: cas.Splitter (through cdcWriter),
+// or fixedSplitter for fixed policies. Skip feeds n zero bytes.
 type chunkWriter interface {
 	Write(p []byte) (int, error)
+	Skip(n uint64) error
 	Close() error
 }
 
-func newChunkWriter(pol cas.Policy, emit func(off uint64, chunk []byte) error) chunkWriter {
+func newChunkWriter(pol cas.Policy, emit func(off uint64, chunk []byte) error, hole func(off, n uint64) error) chunkWriter {
 	if pol.Kind == cas.KindFixed {
-		return &fixedSplitter{size: int(pol.Avg), emit: emit}
+		return &fixedSplitter{size: int(pol.Avg), emit: emit, hole: hole}
 	}
-	return cas.NewSplitter(pol.New(), emit)
+	c := pol.New()
+	return &cdcWriter{sp: cas.NewSplitter(c, emit), hole: hole, feedMax: 2 * uint64(c.MaxSize())}
 }
+
+// cdcWriter is a content-defined splitter that can skip zeros. Its cut
+// points depend on the bytes, so a short run of zeros is fed through it
+// like data (the chunks cut from it are all-zero and become holes in the
+// pipeline), and cuts are the same as if the zeros had been written. A run
+// of feedMax or more ends the chunk being cut and goes to hole unread, like
+// the zeros past the end of a file that rebuildLocked skips; cutting starts
+// afresh after it.
+type cdcWriter struct {
+	sp      *cas.Splitter
+	hole    func(off, n uint64) error
+	feedMax uint64
+	pos     uint64
+}
+
+var zeroBlock = make([]byte, 1<<20)
+
+func (c *cdcWriter) Write(p []byte) (int, error) {
+	n, err := c.sp.Write(p)
+	c.pos += uint64(n)
+	return n, err
+}
+
+func (c *cdcWriter) Skip(n uint64) error {
+	if n >= c.feedMax {
+		if err := c.sp.Skip(n); err != nil {
+			return err
+		}
+		if err := c.hole(c.pos, n); err != nil {
+			return err
+		}
+		c.pos += n
+		return nil
+	}
+	for n > 0 {
+		k := min(n, uint64(len(zeroBlock)))
+		if _, err := c.Write(zeroBlock[:k]); err != nil {
+			return err
+		}
+		n -= k
+	}
+	return nil
+}
+
+func (c *cdcWriter) Close() error { return c.sp.Close() }
 
 // fixedSplitter cuts at multiples of size, handing whole chunks of the
 // caller's buffer straight to emit (no copy) and buffering only a partial
-// chunk between writes. The first error is sticky.
+// chunk between writes. Skipped whole chunks go to hole without data. The
+// first error is sticky.
 type fixedSplitter struct {
 	size int
 	emit func(off uint64, chunk []byte) error
+	hole func(off, n uint64) error
 	buf  []byte
 	off  uint64
 	err  error
+}
+
+// Skip feeds n zeros: it completes a buffered partial chunk with zeros,
+// hands whole chunks to hole, and buffers the zeros of a last partial one.
+func (s *fixedSplitter) Skip(n uint64) error {
+	if s.err != nil {
+		return s.err
+	}
+	if len(s.buf) > 0 {
+		k := min(uint64(s.size-len(s.buf)), n)
+		s.buf = append(s.buf, zeroBlock[:k]...)
+		n -= k
+		if len(s.buf) < s.size {
+			return nil
+		}
+		if err := s.put(s.buf); err != nil {
+			return err
+		}
+		s.buf = s.buf[:0]
+	}
+	if whole := n / uint64(s.size) * uint64(s.size); whole > 0 {
+		if s.err = s.hole(s.off, whole); s.err != nil {
+			return s.err
+		}
+		s.off += whole
+		n -= whole
+	}
+	s.buf = append(s.buf, zeroBlock[:n]...)
+	return nil
 }
 
 func (s *fixedSplitter) put(b []byte) error {
@@ -295,18 +379,24 @@ func (h *Handle) Write(ctx context.Context, data []byte, off int64) (int, error)
 	}
 	uoff := uint64(off)
 	end := uoff + uint64(len(data))
-	w.mtime, w.changed = time.Now(), true
-	if w.stream == nil && uoff == 0 && w.size == 0 && w.baseLimit == 0 && len(w.dirty) == 0 {
+	if w.stream == nil && w.baseLimit == 0 && len(w.dirty) == 0 {
+		// Nothing but zeros so far: stream.
 		p := in.fs.newPipeline()
-		w.stream = &stream{p: p, sp: newChunkWriter(w.policy, p.add)}
+		w.stream = &stream{p: p, sp: newChunkWriter(w.policy, p.add, p.hole)}
 	}
-	if w.stream != nil && uoff == w.size {
-		if _, err := w.stream.sp.Write(data); err != nil {
+	if st := w.stream; st != nil && uoff >= st.pos {
+		err := st.sp.Skip(uoff - st.pos) // zeros up to here: holes
+		if err == nil {
+			_, err = st.sp.Write(data)
+		}
+		if err != nil {
 			w.err = fmt.Errorf("casfs: writing ino %d: %w", in.node.Ino, err)
 			in.fs.log.Error("write pipeline failed", "ino", in.node.Ino, "err", err)
 			return 0, w.err
 		}
-		w.size = end
+		st.pos = end
+		w.size = max(w.size, end)
+		w.mtime, w.changed = time.Now(), true
 		return len(data), nil
 	}
 	if w.stream != nil {
@@ -314,8 +404,9 @@ func (h *Handle) Write(ctx context.Context, data []byte, off int64) (int, error)
 		if err := in.endStreamLocked(ctx); err != nil {
 			return 0, err
 		}
-		w = in.w
+		w = in.w // a new write state: this write is its first change
 	}
+	w.mtime, w.changed = time.Now(), true
 	if w.staging == nil {
 		f, err := os.CreateTemp(in.fs.cfg.StagingDir, "casfs-stage-*")
 		if err != nil {
@@ -327,6 +418,7 @@ func (h *Handle) Write(ctx context.Context, data []byte, off int64) (int, error)
 	if _, err := w.staging.WriteAt(data, off); err != nil {
 		return 0, fmt.Errorf("casfs: staging write: %w", err)
 	}
+	in.fs.stats.staged.Add(uint64(len(data)))
 	w.dirty = w.dirty.add(uoff, end)
 	w.size = max(w.size, end)
 	return len(data), nil
@@ -793,8 +885,12 @@ func (in *inode) flushLocked(ctx context.Context) error {
 	}
 	var exts []cas.Extent
 	var err error
-	if w.stream != nil {
-		if err = w.stream.sp.Close(); err == nil {
+	if st := w.stream; st != nil {
+		err = st.sp.Skip(w.size - st.pos) // a size set past the last write
+		if err == nil {
+			err = st.sp.Close()
+		}
+		if err == nil {
 			exts, err = w.stream.p.finish()
 		} else {
 			w.stream.p.abort()
@@ -864,12 +960,14 @@ func (f *FS) truncate(ctx context.Context, n metad.Node, size uint64) error {
 		if w.err != nil {
 			return w.err
 		}
-		if w.stream != nil {
+		if w.stream != nil && size < w.stream.pos {
+			// Cuts into what was streamed: commit that, then clip.
 			if err := in.endStreamLocked(ctx); err != nil {
 				return err
 			}
 			w = in.w
 		}
+		// A streamed file keeps streaming: zeros from pos to size.
 		if size < w.size {
 			w.dirty = w.dirty.clip(size)
 			w.baseLimit = min(w.baseLimit, size)

@@ -40,7 +40,7 @@ type FS struct {
 }
 
 type counters struct {
-	written, holeBytes                       atomic.Uint64
+	written, holeBytes, staged               atomic.Uint64
 	uploadedChunks, uploadedRaw, uploadedEnc atomic.Uint64
 	dupChunks, dupBytes                      atomic.Uint64
 	fetchedChunks, fetchedEnc, cacheHits     atomic.Uint64
@@ -174,8 +174,9 @@ type Stats struct {
 
 // MountStats are counters of one mount since it started.
 type MountStats struct {
-	BytesWritten     uint64 `json:"bytes_written"`      // chunked by the write pipeline
+	BytesWritten     uint64 `json:"bytes_written"`      // chunked by the write pipeline (and holes a sequential writer skipped)
 	HoleBytesWritten uint64 `json:"hole_bytes_written"` // of which all-zero, never uploaded
+	BytesStaged      uint64 `json:"bytes_staged"`       // written out of order: kept in a staging file, re-chunked at flush
 	ChunksUploaded   uint64 `json:"chunks_uploaded"`    // missing chunks sent to blockd
 	BytesUploadedRaw uint64 `json:"bytes_uploaded_raw"` // their raw size
 	BytesUploadedEnc uint64 `json:"bytes_uploaded"`     // their encoded size (what crossed the wire)
@@ -213,7 +214,7 @@ func (f *FS) Stats(ctx context.Context) (Stats, error) {
 	open := len(f.inodes)
 	f.mu.Unlock()
 	s.Mount = MountStats{
-		BytesWritten: c.written.Load(), HoleBytesWritten: c.holeBytes.Load(),
+		BytesWritten: c.written.Load(), HoleBytesWritten: c.holeBytes.Load(), BytesStaged: c.staged.Load(),
 		ChunksUploaded: c.uploadedChunks.Load(), BytesUploadedRaw: c.uploadedRaw.Load(), BytesUploadedEnc: c.uploadedEnc.Load(),
 		ChunksDuplicate: c.dupChunks.Load(), BytesSkippedDup: c.dupBytes.Load(),
 		ChunksFetched: c.fetchedChunks.Load(), BytesFetched: c.fetchedEnc.Load(), CacheHits: c.cacheHits.Load(),

@@ -171,6 +171,22 @@ func (p *pipeline) reuse(e cas.Extent) error {
 	return nil
 }
 
+// hole queues n zero bytes at off as hole extents (of at most
+// cas.MaxChunkSize, a multiple of every fixed chunk size): a stream that
+// skipped them never had their bytes.
+func (p *pipeline) hole(off, n uint64) error {
+	for n > 0 {
+		k := min(n, cas.MaxChunkSize)
+		if err := p.reuse(cas.Extent{Offset: off, Length: uint32(k), Hole: true}); err != nil {
+			return err
+		}
+		p.fs.stats.written.Add(k)
+		p.fs.stats.holeBytes.Add(k)
+		off, n = off+k, n-k
+	}
+	return nil
+}
+
 // collectIdle is how long a partial batch waits for more chunks before it
 // is uploaded anyway.
 const collectIdle = 100 * time.Millisecond
@@ -250,7 +266,9 @@ func (p *pipeline) collect() {
 		}
 		<-j.ready
 		batch = append(batch, j)
-		bytes += int64(j.ext.Length)
+		if j.raw != nil { // reused extents upload nothing
+			bytes += int64(j.ext.Length)
+		}
 		if len(batch) >= p.fs.cfg.BatchChunks || bytes >= p.fs.cfg.BatchBytes {
 			flush()
 		}

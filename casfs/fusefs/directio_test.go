@@ -94,3 +94,50 @@ func TestDirectWrites(t *testing.T) {
 		})
 	}
 }
+
+// What cp --sparse and header-last writers do, through the mount: data
+// written at increasing offsets with holes skipped streams (nothing is
+// staged), a patch behind the end before close is kept, and a remount
+// reads both back.
+func TestSparseAndPatchedWritesThroughMount(t *testing.T) {
+	metaDir, blocks := t.TempDir(), testenv.NewBlocks()
+	const size = 8<<20 + 123
+	model := make([]byte, size)
+	t.Run("write", func(t *testing.T) {
+		_, mnt := mount(t, testenv.Options{MetaDir: metaDir, Blocks: blocks})
+		f, err := os.OpenFile(filepath.Join(mnt, "sparse"), os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, off := range []int{64 << 10, 1 << 20, 5<<20 + 7} {
+			data := randBytes(uint64(i+3), 300<<10)
+			if _, err := f.WriteAt(data, int64(off)); err != nil {
+				t.Fatal(err)
+			}
+			copy(model[off:], data)
+		}
+		if err := f.Truncate(size); err != nil { // the trailing hole, as cp does
+			t.Fatal(err)
+		}
+		before := readStats(t, mnt).Mount.BytesStaged
+		if before != 0 {
+			t.Errorf("%d bytes staged by writes at increasing offsets", before)
+		}
+		hdr := randBytes(9, 100)
+		if _, err := f.WriteAt(hdr, 10); err != nil {
+			t.Fatal(err)
+		}
+		copy(model[10:], hdr)
+		if err := f.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if got := readStats(t, mnt).Mount.BytesStaged; got != 100 {
+			t.Errorf("%d bytes staged, want the 100-byte patch", got)
+		}
+	})
+	_, mnt := mount(t, testenv.Options{MetaDir: metaDir, Blocks: blocks})
+	got, err := os.ReadFile(filepath.Join(mnt, "sparse"))
+	if err != nil || !bytes.Equal(got, model) {
+		t.Fatalf("after remount: %d bytes (%v), equal=%v", len(got), err, bytes.Equal(got, model))
+	}
+}
