@@ -88,7 +88,10 @@ type cdcWriter struct {
 	pos     uint64
 }
 
-var zeroBlock = make([]byte, 1<<20)
+// zeroBlock holds the zeros skips feed: as long as the largest chunk, since
+// fixedSplitter pads a partial chunk with up to a chunk's worth. (A zero
+// array in BSS: reading it costs no memory.)
+var zeroBlock [cas.MaxChunkSize]byte
 
 func (c *cdcWriter) Write(p []byte) (int, error) {
 	n, err := c.sp.Write(p)

@@ -502,7 +502,7 @@ func TestDiskCache(t *testing.T) {
 // the content reads back with zeros in them. A write behind the stream
 // still works (it commits the stream and stages).
 func TestSparseSequentialWritesStream(t *testing.T) {
-	for _, pol := range []string{"fixed:4096", "fixed:64k", "cdc:16k"} {
+	for _, pol := range []string{"fixed:4096", "fixed:64k", "fixed:4m", "cdc:16k"} {
 		t.Run(pol, func(t *testing.T) {
 			e := testenv.New(t, testenv.Options{})
 			ctx := ctxT(t)
