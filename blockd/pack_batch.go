@@ -157,7 +157,6 @@ func (s *PackStore) readWindow(win []batchEntry, buf []byte) ([]byte, error) {
 		first, n   int // in order
 	}
 	var runs []run
-	var total int64
 	for k, i := range order {
 		l := win[i].loc
 		end := l.off + l.recLen()
@@ -168,12 +167,11 @@ func (s *PackStore) readWindow(win []batchEntry, buf []byte) ([]byte, error) {
 				r.n++
 				continue
 			}
-			total += alignUp(r.end) - alignDown(r.start)
 		}
 		runs = append(runs, run{pack: l.pack, start: l.off, end: end, first: k, n: 1})
 	}
-	if len(runs) > 0 {
-		r := runs[len(runs)-1]
+	var total int64 // whole dioAlign blocks per run
+	for _, r := range runs {
 		total += alignUp(r.end) - alignDown(r.start)
 	}
 	if int64(cap(buf)) < total {

@@ -385,7 +385,7 @@ func (h *Handle) Write(ctx context.Context, data []byte, off int64) (int, error)
 	if w.stream == nil && w.baseLimit == 0 && len(w.dirty) == 0 {
 		// Nothing but zeros so far: stream.
 		p := in.fs.newPipeline()
-		w.stream = &stream{p: p, sp: newChunkWriter(w.policy, p.add, p.hole)}
+		w.stream = &stream{p: p, sp: newChunkWriter(w.policy, p.add, p.skipped)}
 	}
 	if st := w.stream; st != nil && uoff >= st.pos {
 		err := st.sp.Skip(uoff - st.pos) // zeros up to here: holes
@@ -894,9 +894,9 @@ func (in *inode) flushLocked(ctx context.Context) error {
 			err = st.sp.Close()
 		}
 		if err == nil {
-			exts, err = w.stream.p.finish()
+			exts, err = st.p.finish()
 		} else {
-			w.stream.p.abort()
+			st.p.abort()
 		}
 		w.stream = nil
 	} else {

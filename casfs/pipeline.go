@@ -171,19 +171,27 @@ func (p *pipeline) reuse(e cas.Extent) error {
 	return nil
 }
 
-// hole queues n zero bytes at off as hole extents (of at most
-// cas.MaxChunkSize, a multiple of every fixed chunk size): a stream that
-// skipped them never had their bytes.
+// hole queues n zero bytes at off, never read, as hole extents (of at most
+// cas.MaxChunkSize, a multiple of every fixed chunk size).
 func (p *pipeline) hole(off, n uint64) error {
 	for n > 0 {
 		k := min(n, cas.MaxChunkSize)
 		if err := p.reuse(cas.Extent{Offset: off, Length: uint32(k), Hole: true}); err != nil {
 			return err
 		}
-		p.fs.stats.written.Add(k)
-		p.fs.stats.holeBytes.Add(k)
 		off, n = off+k, n-k
 	}
+	return nil
+}
+
+// skipped is hole for the zeros a stream's writer skipped: they count as
+// written hole bytes, as zeros it had written would.
+func (p *pipeline) skipped(off, n uint64) error {
+	if err := p.hole(off, n); err != nil {
+		return err
+	}
+	p.fs.stats.written.Add(n)
+	p.fs.stats.holeBytes.Add(n)
 	return nil
 }
 

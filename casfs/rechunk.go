@@ -78,11 +78,9 @@ func (in *inode) rebuildLocked(ctx context.Context) ([]cas.Extent, error) {
 					zend = w.dirty[j].start
 				}
 				if n := (zend - pos) / holeStep * holeStep; n > 0 {
-					for k := uint64(0); k < n; k += holeStep {
-						if err := p.reuse(cas.Extent{Offset: pos + k, Length: uint32(holeStep), Hole: true}); err != nil {
-							p.abort()
-							return nil, err
-						}
+					if err := p.hole(pos, n); err != nil {
+						p.abort()
+						return nil, err
 					}
 					pos += n
 					continue

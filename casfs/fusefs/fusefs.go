@@ -469,7 +469,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 // pages that casfs never reads back (casfs keeps its own chunk cache, and
 // every open of a live file drops the kernel's cached pages anyway). The
 // kernel keeps other handles of the file coherent: a direct write
-// invalidates cached pages of the range it writes (TestDirectWriteCoherent).
+// invalidates cached pages of the range it writes (TestDirectWrites).
 // Read-only and read-write handles stay cached (readahead, small reads and
 // shared mmap need it).
 func (r *rootData) openFlags(flags uint32, keep bool) uint32 {
