@@ -125,7 +125,8 @@ func TestCloseIgnoresInterrupts(t *testing.T) {
 	}
 }
 
-// slowMeta delays namespace mutations and, like an HTTP client, gives up
+// slowMeta delays namespace mutations, lookups, attributes, directory
+// listings and read plans and, like an HTTP client, gives up
 // when its context is cancelled, so an interrupted FUSE request that passed
 // its cancellation on would fail.
 type slowMeta struct {
@@ -163,6 +164,34 @@ func (m slowMeta) Rename(ctx context.Context, dir metad.Ino, name string, newDir
 	return m.API.Rename(ctx, dir, name, newDir, newName, flags)
 }
 
+func (m slowMeta) Lookup(ctx context.Context, parent metad.Node, name string) (metad.Attr, error) {
+	if err := m.wait(ctx); err != nil {
+		return metad.Attr{}, err
+	}
+	return m.API.Lookup(ctx, parent, name)
+}
+
+func (m slowMeta) GetAttr(ctx context.Context, n metad.Node) (metad.Attr, error) {
+	if err := m.wait(ctx); err != nil {
+		return metad.Attr{}, err
+	}
+	return m.API.GetAttr(ctx, n)
+}
+
+func (m slowMeta) ReadDir(ctx context.Context, n metad.Node, after string, limit int) ([]metad.DirEntry, error) {
+	if err := m.wait(ctx); err != nil {
+		return nil, err
+	}
+	return m.API.ReadDir(ctx, n, after, limit)
+}
+
+func (m slowMeta) ReadPlan(ctx context.Context, n metad.Node) (metad.ReadPlan, error) {
+	if err := m.wait(ctx); err != nil {
+		return metad.ReadPlan{}, err
+	}
+	return m.API.ReadPlan(ctx, n)
+}
+
 func (m slowMeta) Unlink(ctx context.Context, dir metad.Ino, name string) error {
 	if err := m.wait(ctx); err != nil {
 		return err
@@ -170,10 +199,12 @@ func (m slowMeta) Unlink(ctx context.Context, dir metad.Ino, name string) error 
 	return m.API.Unlink(ctx, dir, name)
 }
 
-// TestMutationsIgnoreInterrupts: signals to the thread blocked in mkdir,
-// setxattr, rename or unlink (FUSE_INTERRUPT) do not turn them into EINTR
-// — the bench saw setxattr fail so — and each takes effect once.
-func TestMutationsIgnoreInterrupts(t *testing.T) {
+// TestOperationsIgnoreInterrupts: signals to the thread blocked in mkdir,
+// setxattr, rename, unlink, stat, open, read or readdir (FUSE_INTERRUPT) do
+// not turn them into EINTR — the bench saw setxattr fail so, and CI saw
+// rename fail when the kernel's lookup of the new name was interrupted —
+// and each mutation takes effect once.
+func TestOperationsIgnoreInterrupts(t *testing.T) {
 	blocks := testenv.NewBlocks()
 	svc := testenv.OpenMeta(t, t.TempDir(), blocks, cas.Policy{})
 	_, mnt := mount(t, testenv.Options{Blocks: blocks, Meta: slowMeta{API: svc, delay: 60 * time.Millisecond}})
@@ -224,6 +255,29 @@ func TestMutationsIgnoreInterrupts(t *testing.T) {
 	}
 	underSignals("setxattr", func() error { return unix.Setxattr(f, "user.k", []byte("v"), 0) })
 	underSignals("rename", func() error { return unix.Rename(f, g) })
+	var st unix.Stat_t
+	underSignals("stat", func() error { return unix.Stat(g, &st) })
+	underSignals("open+read", func() error {
+		fd, err := unix.Open(g, unix.O_RDONLY, 0)
+		if err != nil {
+			return fmt.Errorf("open: %w", err)
+		}
+		defer unix.Close(fd)
+		b := make([]byte, 8)
+		if n, err := unix.Read(fd, b); err != nil || string(b[:n]) != "x" {
+			return fmt.Errorf("read %q: %v", b[:n], err)
+		}
+		return nil
+	})
+	underSignals("readdir", func() error {
+		fd, err := unix.Open(d, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+		if err != nil {
+			return fmt.Errorf("open dir: %w", err)
+		}
+		defer unix.Close(fd)
+		_, err = unix.Getdents(fd, make([]byte, 4096))
+		return err
+	})
 	buf := make([]byte, 8)
 	if n, err := unix.Getxattr(g, "user.k", buf); err != nil || string(buf[:n]) != "v" {
 		t.Fatalf("xattr after rename: %q, %v", buf[:n], err)

@@ -167,21 +167,24 @@ func (r *rootData) toErrno(op string, err error) syscall.Errno {
 	return syscall.EIO
 }
 
-// noInterrupt detaches a mutation from the kernel's FUSE_INTERRUPT (which
-// go-fuse turns into a cancelled context). Any signal to the calling thread
-// interrupts the request — Go's runtime sends its preemption signal to
-// threads blocked in system calls — and a mutation that metad may already
-// have applied must not be reported as EINTR: most callers do not retry
-// mkdir, rename or setxattr, and a retry would see EEXIST or ENOENT. The
-// operation is bounded by mutationTimeout instead (it fails with EIO). Reads
-// may still be interrupted: they change nothing, and callers retry them.
+// noInterrupt detaches an operation from the kernel's FUSE_INTERRUPT
+// (which go-fuse turns into a cancelled context); every operation starts
+// with it. Any caught signal to the calling thread interrupts its request —
+// Go's runtime sends its preemption signal to threads blocked in system
+// calls — and the kernel hands the server's EINTR to the caller unchanged,
+// even for system calls that never fail with EINTR on a local disk and that
+// callers do not retry: stat, open, the lookups inside rename, mkdir or
+// setxattr (where metad may already have applied the change, so a retry
+// would see EEXIST or ENOENT). Fatal signals still end a waiting caller:
+// the kernel stops waiting for the reply itself. The operation is bounded
+// by opTimeout instead (it then fails with EIO).
 func noInterrupt(ctx context.Context) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.WithoutCancel(ctx), mutationTimeout)
+	return context.WithTimeout(context.WithoutCancel(ctx), opTimeout)
 }
 
-// mutationTimeout bounds a mutation that interrupts cannot stop: longer
-// than casfs's retry deadline (30 s by default) with room to spare.
-const mutationTimeout = 2 * time.Minute
+// opTimeout bounds an operation that interrupts cannot stop: longer than
+// casfs's retry deadline (30 s by default) with room to spare.
+const opTimeout = 2 * time.Minute
 
 func (r *rootData) fill(a metad.Attr, id metad.Node, out *fuse.Attr) {
 	out.Ino = kernelIno(id)
@@ -261,6 +264,8 @@ func nameErr(name string) syscall.Errno {
 }
 
 func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	ctx, cancel := noInterrupt(ctx)
+	defer cancel()
 	if e := nameErr(name); e != 0 {
 		return nil, e
 	}
@@ -283,6 +288,8 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 }
 
 func (n *node) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	ctx, cancel := noInterrupt(ctx)
+	defer cancel()
 	a, err := n.r.fsys.GetAttr(ctx, n.id)
 	if err != nil {
 		return n.r.toErrno("getattr", err)
@@ -434,6 +441,8 @@ func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 }
 
 func (n *node) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
+	ctx, cancel := noInterrupt(ctx)
+	defer cancel()
 	ents, err := n.r.fsys.Meta().ReadDir(ctx, n.id, "", 0)
 	if err != nil {
 		return nil, n.r.toErrno("readdir", err)
@@ -446,6 +455,8 @@ func (n *node) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
 }
 
 func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
+	ctx, cancel := noInterrupt(ctx)
+	defer cancel()
 	s, err := n.r.fsys.Meta().Readlink(ctx, n.id)
 	if err != nil {
 		return nil, n.r.toErrno("readlink", err)
@@ -454,6 +465,8 @@ func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 }
 
 func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	ctx, cancel := noInterrupt(ctx)
+	defer cancel()
 	h, keep, err := n.r.fsys.Open(ctx, n.id, int(flags))
 	if err != nil {
 		return nil, 0, n.r.toErrno("open", err)
@@ -495,6 +508,8 @@ func xattrReply(val, dest []byte) (uint32, syscall.Errno) {
 }
 
 func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	ctx, cancel := noInterrupt(ctx)
+	defer cancel()
 	if attr == StatsXattr && n.id == (metad.Node{Ino: metad.RootIno}) {
 		s, err := n.r.fsys.Stats(ctx)
 		if err != nil {
@@ -539,6 +554,8 @@ func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
 }
 
 func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
+	ctx, cancel := noInterrupt(ctx)
+	defer cancel()
 	names, err := n.r.fsys.Meta().ListXattr(ctx, n.id)
 	if err != nil {
 		return 0, n.r.toErrno("listxattr", err)
@@ -551,6 +568,8 @@ func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errn
 }
 
 func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+	ctx, cancel := noInterrupt(ctx)
+	defer cancel()
 	st, err := n.r.fsys.Statfs(ctx)
 	if err != nil {
 		return n.r.toErrno("statfs", err)
@@ -584,6 +603,8 @@ var (
 )
 
 func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	ctx, cancel := noInterrupt(ctx)
+	defer cancel()
 	n, err := h.h.Read(ctx, dest, off)
 	if err != nil {
 		return nil, h.r.toErrno("read", err)
@@ -592,6 +613,8 @@ func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadRes
 }
 
 func (h *handle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	ctx, cancel := noInterrupt(ctx)
+	defer cancel()
 	n, err := h.h.Write(ctx, data, off)
 	if err != nil {
 		return 0, h.r.toErrno("write", err)
@@ -638,6 +661,8 @@ func (h *handle) Allocate(ctx context.Context, off, size uint64, mode uint32) sy
 }
 
 func (h *handle) Lseek(ctx context.Context, off uint64, whence uint32) (uint64, syscall.Errno) {
+	ctx, cancel := noInterrupt(ctx)
+	defer cancel()
 	a, err := h.r.fsys.GetAttr(ctx, h.h.Node())
 	if err != nil {
 		return 0, h.r.toErrno("lseek", err)

@@ -37,6 +37,8 @@ func (d *snapsDir) fillAttr(a metad.Attr, out *fuse.Attr) {
 }
 
 func (d *snapsDir) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	ctx, cancel := noInterrupt(ctx)
+	defer cancel()
 	a, err := d.r.fsys.GetAttr(ctx, metad.Node{Ino: d.dir})
 	if err != nil {
 		return d.r.toErrno("getattr", err)
@@ -72,6 +74,8 @@ func (d *snapsDir) rootOf(ctx context.Context, s metad.Snapshot, out *fuse.Entry
 }
 
 func (d *snapsDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	ctx, cancel := noInterrupt(ctx)
+	defer cancel()
 	s, err := d.find(ctx, name)
 	if err != nil {
 		return nil, d.r.toErrno("lookup snapshot", err)
@@ -80,6 +84,8 @@ func (d *snapsDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 }
 
 func (d *snapsDir) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
+	ctx, cancel := noInterrupt(ctx)
+	defer cancel()
 	list, err := d.r.fsys.Meta().ListSnapshots(ctx, d.dir)
 	if err != nil {
 		return nil, d.r.toErrno("list snapshots", err)
@@ -91,8 +97,11 @@ func (d *snapsDir) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
 	return fs.NewListDirStream(out), 0
 }
 
-// Mkdir takes a snapshot of the directory named name.
+// Mkdir takes a snapshot of the directory named name. Like Flush it ignores
+// interrupts without opTimeout: it commits this node's open writes first,
+// each bounded by casfs's retry deadline.
 func (d *snapsDir) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	ctx = context.WithoutCancel(ctx)
 	if e := nameErr(name); e != 0 {
 		return nil, e
 	}
@@ -105,6 +114,8 @@ func (d *snapsDir) Mkdir(ctx context.Context, name string, mode uint32, out *fus
 
 // Rmdir deletes a snapshot.
 func (d *snapsDir) Rmdir(ctx context.Context, name string) syscall.Errno {
+	ctx, cancel := noInterrupt(ctx)
+	defer cancel()
 	return d.r.toErrno("delete snapshot", d.r.fsys.Meta().DeleteSnapshot(ctx, d.dir, name))
 }
 
