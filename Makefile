@@ -7,6 +7,8 @@ export STASIS_CACHE
 DATA ?= ./.stasis
 MNT ?= ./mnt
 TEST_TIMEOUT ?= 15m
+TEST_DEADLINE ?= 25m
+export TEST_TIMEOUT TEST_DEADLINE
 
 .PHONY: all build run check deps fmt-check vet test bench microbench clean guest
 
@@ -37,8 +39,9 @@ fmt-check:
 vet:
 	$(GO) vet ./...
 
+## test: go test -race ./... with a private TMPDIR, a watchdog and a check for leftover mounts/processes.
 test:
-	$(GO) test -race -timeout $(TEST_TIMEOUT) ./...
+	@GO=$(GO) scripts/test.sh ./...
 
 ## bench: the end-to-end suite (stasis vs local disk, tmpfs, rsync, casync, restic, borg on real
 ## guest images); rewrites its section of bench/RESULTS.md and bench/plots/*.png.

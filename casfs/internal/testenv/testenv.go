@@ -19,6 +19,7 @@ import (
 	"stasis/cas"
 	"stasis/casfs"
 	"stasis/casfs/fusefs"
+	"stasis/internal/mountwatch"
 	"stasis/metad"
 )
 
@@ -263,7 +264,9 @@ func New(t testing.TB, o Options) *Env {
 }
 
 // Mount mounts e.FS at a fresh directory and unmounts it at cleanup (lazily
-// if the mount is busy, so a failed test never leaves a mount behind).
+// if the mount is busy, so a failed test never leaves a mount behind). A
+// test that hangs has the mount aborted shortly before the test binary's
+// deadline (internal/mountwatch).
 func (e *Env) Mount(t testing.TB, opts fusefs.Options) string {
 	t.Helper()
 	mnt := t.TempDir()
@@ -274,6 +277,7 @@ func (e *Env) Mount(t testing.TB, opts fusefs.Options) string {
 	if err != nil {
 		t.Fatalf("mount: %v", err)
 	}
+	mountwatch.AbortBeforeDeadline(t, mnt)
 	t.Cleanup(func() {
 		if err := srv.Unmount(); err != nil {
 			t.Logf("unmount %s: %v; detaching", mnt, err)

@@ -21,6 +21,7 @@ import (
 	"stasis/cas"
 	"stasis/casfs"
 	"stasis/casfs/fusefs"
+	"stasis/internal/mountwatch"
 	"stasis/metad"
 )
 
@@ -89,6 +90,7 @@ func New(t testing.TB, o Options) *Mount {
 	if err != nil {
 		t.Fatalf("mount casfs: %v", err)
 	}
+	mountwatch.AbortBeforeDeadline(t, mnt)
 	m := &Mount{Dir: mnt, FS: fsys, Faults: faults, server: srv}
 	t.Cleanup(m.Unmount)
 	return m
