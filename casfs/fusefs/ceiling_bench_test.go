@@ -109,6 +109,9 @@ func BenchmarkFUSECeiling(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { _ = srv.Unmount() })
+	if err := fusefs.SetKernelReadAheadForTest(mnt, fusefs.DefaultKernelReadAheadKiB); err != nil {
+		b.Logf("read-ahead window left at the kernel's: %v", err)
+	}
 
 	// Data is made before the clock starts: 16 distinct random blocks, cycled.
 	blocks := make([][]byte, 16)

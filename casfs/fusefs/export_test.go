@@ -9,3 +9,11 @@ func MountOptionsForTest() fuse.MountOptions {
 	o.setDefaults()
 	return mountOptions(o)
 }
+
+// KernelReadAheadFileForTest is the sysfs file of the read-ahead window of
+// the backing device dev.
+func KernelReadAheadFileForTest(dev uint64) string { return kernelReadAheadFile(dev) }
+
+// SetKernelReadAheadForTest sets the read-ahead window of the mount at dir,
+// as Mount does for casfs.
+func SetKernelReadAheadForTest(dir string, kib int) error { return setKernelReadAhead(dir, kib) }

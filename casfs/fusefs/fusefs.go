@@ -17,13 +17,18 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"log"
 	"log/slog"
+	"os"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
 
 	"stasis/cas"
 	"stasis/casfs"
@@ -55,7 +60,17 @@ type Options struct {
 	// openFlags): 2-3x faster sequential writes here, where filling fresh
 	// cache pages is the costliest part of a FUSE write.
 	CachedWrites bool
+	// KernelReadAheadKiB is the kernel's read-ahead window for the mount
+	// (its bdi's read_ahead_kb; default DefaultKernelReadAheadKiB; negative
+	// keeps the kernel's choice). FUSE mounts start with 128 KiB, one 128
+	// KiB request at a time: a sequential reader then waits for every
+	// request's round trip. A larger window keeps several 1 MiB requests in
+	// flight (bench/RESULTS.md, run L).
+	KernelReadAheadKiB int
 }
+
+// DefaultKernelReadAheadKiB is the default Options.KernelReadAheadKiB.
+const DefaultKernelReadAheadKiB = 2048
 
 func (o *Options) setDefaults() {
 	if o.EntryTimeout == 0 {
@@ -72,6 +87,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.KernelReadAheadKiB == 0 {
+		o.KernelReadAheadKiB = DefaultKernelReadAheadKiB
 	}
 }
 
@@ -91,7 +109,34 @@ func Mount(dir string, fsys *casfs.FS, opts Options) (*fuse.Server, error) {
 		NegativeTimeout: &zero,
 		RootStableAttr:  &fs.StableAttr{Ino: uint64(metad.RootIno), Mode: syscall.S_IFDIR},
 	}
-	return fs.Mount(dir, root, fo)
+	srv, err := fs.Mount(dir, root, fo)
+	if err != nil {
+		return nil, err
+	}
+	if opts.KernelReadAheadKiB > 0 {
+		// After the mount's INIT, which sets the window to at most 128 KiB.
+		if err := setKernelReadAhead(dir, opts.KernelReadAheadKiB); err != nil {
+			opts.Logger.Warn("cannot set the kernel read-ahead window; sequential reads will be slower", "mountpoint", dir, "err", err)
+		}
+	}
+	return srv, nil
+}
+
+// setKernelReadAhead sets the read-ahead window of the file system mounted
+// at dir (a FUSE mount has a backing device of its own, named by the
+// mount's device number in /sys/class/bdi).
+func setKernelReadAhead(dir string, kib int) error {
+	var st unix.Stat_t
+	if err := unix.Stat(dir, &st); err != nil {
+		return err
+	}
+	return os.WriteFile(kernelReadAheadFile(st.Dev), []byte(strconv.Itoa(kib)), 0)
+}
+
+// kernelReadAheadFile is the sysfs file holding the read-ahead window of
+// the backing device dev.
+func kernelReadAheadFile(dev uint64) string {
+	return fmt.Sprintf("/sys/class/bdi/%d:%d/read_ahead_kb", unix.Major(dev), unix.Minor(dev))
 }
 
 // mountOptions are the FUSE mount options casfs mounts with.
@@ -104,9 +149,24 @@ func mountOptions(opts Options) fuse.MountOptions {
 		MaxWrite:      1 << 20,
 		MaxReadAhead:  1 << 20,
 		MaxBackground: 64,
+		// Splicing applies to replies backed by a file descriptor; casfs
+		// replies from memory, and go-fuse's attempt for a 1 MiB read
+		// (larger than a pipe may grow) failed and logged on every read.
+		DisableSplice: true,
 		Debug:         opts.Debug,
+		Logger:        fuseLogger(opts),
 		Options:       []string{"default_permissions"},
 	}
+}
+
+// fuseLogger sends go-fuse's own log lines (its request trace with Debug,
+// its errors otherwise) to the mount's logger.
+func fuseLogger(opts Options) *log.Logger {
+	level := slog.LevelWarn
+	if opts.Debug {
+		level = slog.LevelInfo
+	}
+	return slog.NewLogLogger(opts.Logger.With("component", "go-fuse").Handler(), level)
 }
 
 type rootData struct {

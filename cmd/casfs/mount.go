@@ -45,6 +45,7 @@ type mountOptions struct {
 	DiskCache  string
 	DiskCacheM int64
 	CachedWr   bool
+	ReadAhead  int
 }
 
 func init() {
@@ -75,6 +76,7 @@ func init() {
 	f.Int64Var(&o.MemLimit, "memory-limit-mib", 384, "soft limit of the Go heap (GOMEMLIMIT); 0 leaves the runtime default")
 	f.StringVar(&o.DebugAddr, "debug-addr", "", "serve /debug/pprof on this `ADDR` (e.g. 127.0.0.1:6060)")
 	f.BoolVar(&o.CachedWr, "cached-writes", false, "send writes of write-only opens through the kernel page cache (default: direct, which skips filling cache pages casfs never reads back)")
+	f.IntVar(&o.ReadAhead, "kernel-readahead-kib", fusefs.DefaultKernelReadAheadKiB, "the kernel's read-ahead window for the mount (FUSE's own is 128 KiB, which leaves sequential reads waiting on every request); -1 keeps the kernel's")
 	f.DurationVar(&o.AttrTTL, "attr-timeout", time.Second, "kernel entry/attribute cache time for the live tree")
 	rootCmd.AddCommand(cmd)
 }
@@ -161,7 +163,7 @@ func runMount(ctx context.Context, o *mountOptions, args []string) error {
 	srv, err := fusefs.Mount(mnt, fsys, fusefs.Options{
 		EntryTimeout: o.AttrTTL, AttrTimeout: o.AttrTTL,
 		AllowOther: o.AllowOther, Debug: o.Debug, Logger: log,
-		FsName: fsName(o), CachedWrites: o.CachedWr,
+		FsName: fsName(o), CachedWrites: o.CachedWr, KernelReadAheadKiB: o.ReadAhead,
 	})
 	if err != nil {
 		fsys.Close(context.Background())

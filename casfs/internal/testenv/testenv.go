@@ -7,6 +7,7 @@ package testenv
 import (
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"os"
 	"sort"
@@ -188,6 +189,11 @@ func Logger(t testing.TB) *slog.Logger {
 		lvl = slog.LevelDebug
 	}
 	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: lvl}))
+}
+
+// LoggerTo logs everything, at every level, to w.
+func LoggerTo(w io.Writer) *slog.Logger {
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
 type tWriter struct{ t testing.TB }
