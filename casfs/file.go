@@ -1,7 +1,6 @@
 package casfs
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -548,15 +547,18 @@ func (f *FS) readPlan(ctx context.Context, plan *metad.ReadPlan, dest []byte, of
 		if e.Hole {
 			clear(dest[:k])
 		} else {
-			data, err := f.chunk(ctx, plan, i)
+			ent, err := f.chunk(ctx, plan, i)
 			if err != nil {
 				return err
 			}
 			start := off - e.Offset
-			if uint64(len(data)) < start+uint64(k) {
-				return fmt.Errorf("casfs: chunk %s holds %d bytes, extent needs %d: %w", e.ID.Short(), len(data), e.Length, cas.ErrCorruptChunk)
+			if uint64(len(ent.data)) < start+uint64(k) {
+				n := len(ent.data)
+				f.cache.release(ent)
+				return fmt.Errorf("casfs: chunk %s holds %d bytes, extent needs %d: %w", e.ID.Short(), n, e.Length, cas.ErrCorruptChunk)
 			}
-			copy(dest[:k], data[start:])
+			copy(dest[:k], ent.data[start:])
+			f.cache.release(ent)
 		}
 		dest, off = dest[k:], off+uint64(k)
 	}
@@ -577,14 +579,15 @@ func nextExtent(m *cas.Manifest, off uint64) int {
 	return lo
 }
 
-// chunk returns the decoded bytes of extent i's chunk, through the cache.
-// Every fetched chunk is verified against its ID: corruption is an error,
-// never wrong data.
-func (f *FS) chunk(ctx context.Context, plan *metad.ReadPlan, i int) ([]byte, error) {
+// chunk returns the cache entry of extent i's chunk, pinned: the caller
+// reads its data and then releases it (f.cache.release). Every fetched
+// chunk is verified against its ID: corruption is an error, never wrong
+// data.
+func (f *FS) chunk(ctx context.Context, plan *metad.ReadPlan, i int) (*cacheEntry, error) {
 	e := plan.Manifest.Extents[i]
-	if b, ok := f.cache.lookup(e.ID); ok {
+	if ent, ok := f.cache.lookup(e.ID); ok {
 		f.stats.cacheHits.Add(1)
-		return b, nil
+		return ent, nil
 	}
 	loc := int(plan.Location[i])
 	if loc >= len(plan.Endpoints) {
@@ -594,7 +597,7 @@ func (f *FS) chunk(ctx context.Context, plan *metad.ReadPlan, i int) ([]byte, er
 	return f.cache.get(ctx, e.ID, func() ([]byte, error) {
 		if f.disk != nil {
 			if enc, ok := f.disk.get(e.ID); ok {
-				if data, err := decodeVerify(e.ID, enc); err == nil {
+				if data, err := f.decodeOwned(e.ID, enc); err == nil {
 					f.stats.diskHits.Add(1)
 					return data, nil
 				}
@@ -615,7 +618,7 @@ func (f *FS) chunk(ctx context.Context, plan *metad.ReadPlan, i int) ([]byte, er
 		}
 		f.stats.fetchedChunks.Add(1)
 		f.stats.fetchedEnc.Add(uint64(len(enc)))
-		data, err := decodeVerify(e.ID, enc)
+		data, err := f.decodeOwned(e.ID, enc)
 		if err != nil {
 			f.log.Error("corrupt chunk", "id", e.ID.String(), "endpoint", ep.Name, "err", err)
 			return nil, err
@@ -659,9 +662,12 @@ func (f *FS) readAhead(plan *metad.ReadPlan, off uint64, raEnd *atomic.Uint64) {
 				defer f.prefetch.Release(1)
 				ctx, cancel := context.WithTimeout(context.Background(), f.cfg.RetryDeadline)
 				defer cancel()
-				if _, err := f.chunk(ctx, plan, i); err != nil {
+				ent, err := f.chunk(ctx, plan, i)
+				if err != nil {
 					f.log.Debug("read-ahead failed", "err", err)
+					return
 				}
+				f.cache.release(ent)
 			}(i)
 		}
 		return
@@ -739,7 +745,7 @@ func (f *FS) fetchBatch(bt BatchTransport, plan *metad.ReadPlan, idx []int) {
 		for _, id := range ids {
 			if f.disk != nil {
 				if enc, ok := f.disk.get(id); ok {
-					if data, err := decodeVerify(id, enc); err == nil {
+					if data, err := f.decodeOwned(id, enc); err == nil {
 						f.stats.diskHits.Add(1)
 						deliver(id, data)
 						continue
@@ -770,7 +776,7 @@ func (f *FS) fetchBatch(bt BatchTransport, plan *metad.ReadPlan, idx []int) {
 				got[id] = true
 				f.stats.fetchedChunks.Add(1)
 				f.stats.fetchedEnc.Add(uint64(len(enc)))
-				data, err := decodeVerifyCopy(id, enc)
+				data, err := f.decodeInto(id, enc)
 				if err != nil {
 					f.log.Error("corrupt chunk", "id", id.String(), "endpoint", ep.Name, "err", err)
 					return nil // not delivered: a reader's own fetch reports it
@@ -1007,9 +1013,10 @@ func (h *Handle) Allocate(ctx context.Context, off, length uint64, mode uint32) 
 // ErrNotSupported is returned for operations casfs does not implement.
 var ErrNotSupported = errors.New("casfs: operation not supported")
 
-// decodeVerify decodes an encoded chunk and checks its hash. A raw-coded
-// chunk is used in place (no copy).
-func decodeVerify(id cas.ChunkID, enc []byte) ([]byte, error) {
+// decodeOwned decodes an encoded chunk the caller owns and hands over, and
+// checks its hash. A raw-coded chunk is used in place (no copy); an LZ4 one
+// is decoded into a buffer from the chunk cache.
+func (f *FS) decodeOwned(id cas.ChunkID, enc []byte) ([]byte, error) {
 	if c, err := cas.EncodedCodec(enc); err == nil && c == cas.CodecRaw && len(enc)-1 <= cas.MaxChunkSize {
 		data := enc[1:]
 		if got := cas.Sum(data); got != id {
@@ -1017,15 +1024,21 @@ func decodeVerify(id cas.ChunkID, enc []byte) ([]byte, error) {
 		}
 		return data, nil
 	}
-	return cas.DecodeVerify(nil, id, enc)
+	return f.decodeInto(id, enc)
 }
 
-// decodeVerifyCopy is decodeVerify for an enc the caller does not own:
-// the result never shares its memory.
-func decodeVerifyCopy(id cas.ChunkID, enc []byte) ([]byte, error) {
-	data, err := decodeVerify(id, enc)
-	if err != nil || len(enc) == 0 || len(data) == 0 || &data[0] != &enc[1] {
-		return data, err
+// decodeInto decodes an encoded chunk into a buffer from the chunk cache
+// and checks its hash; enc is not retained.
+func (f *FS) decodeInto(id cas.ChunkID, enc []byte) ([]byte, error) {
+	n, err := cas.RawSize(enc)
+	if err != nil {
+		return nil, fmt.Errorf("chunk %s: %w", id.Short(), err)
 	}
-	return bytes.Clone(data), nil
+	buf := f.cache.buffer(n)
+	data, err := cas.DecodeVerify(buf[:0], id, enc)
+	if err != nil {
+		f.cache.recycle(buf)
+		return nil, err
+	}
+	return data, nil
 }
