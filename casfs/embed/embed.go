@@ -77,11 +77,12 @@ func Open(cfg Config) (*Stores, error) {
 	if err != nil {
 		return nil, fmt.Errorf("embed: block store: %w", err)
 	}
-	// metad's memtable size also bounds one transaction, hence the largest
-	// manifest it can commit (one file's commit is one transaction). 128 MiB
-	// commits a 4 GiB file of unique data in 64 KiB chunks; it costs about
-	// that much heap.
-	bo := metad.BadgerOptions{Sync: metad.SyncCommits, Logger: cfg.Logger, MemTableSize: 128 << 20}
+	// metad's default memtable (64 MiB). Its arena is Go heap, allocated
+	// whole, so it counts against casfs's memory limit (--memory-limit-mib)
+	// beside the chunk cache and the write pipeline. A larger one is not
+	// needed for large files: a manifest too big for one transaction
+	// commits in batches (metad's pending commits).
+	bo := metad.BadgerOptions{Sync: metad.SyncCommits, Logger: cfg.Logger}
 	if cfg.NoSync {
 		bo.Sync = metad.SyncNone
 	}
