@@ -55,6 +55,7 @@ type stream struct {
 	p   *pipeline
 	sp  chunkWriter
 	pos uint64
+	ctx context.Context // of the call feeding sp now (a write or the flush)
 }
 
 // chunkWriter cuts a stream into chunks: cas.Splitter (through cdcWriter),
@@ -383,10 +384,12 @@ func (h *Handle) Write(ctx context.Context, data []byte, off int64) (int, error)
 	end := uoff + uint64(len(data))
 	if w.stream == nil && w.baseLimit == 0 && len(w.dirty) == 0 {
 		// Nothing but zeros so far: stream.
-		p := in.fs.newPipeline()
-		w.stream = &stream{p: p, sp: newChunkWriter(w.policy, p.add, p.skipped)}
+		st := &stream{p: in.fs.newPipeline()}
+		st.sp = newChunkWriter(w.policy, func(off uint64, chunk []byte) error { return st.p.add(st.ctx, off, chunk) }, st.p.skipped)
+		w.stream = st
 	}
 	if st := w.stream; st != nil && uoff >= st.pos {
+		st.ctx = ctx
 		err := st.sp.Skip(uoff - st.pos) // zeros up to here: holes
 		if err == nil {
 			_, err = st.sp.Write(data)
@@ -895,6 +898,7 @@ func (in *inode) flushLocked(ctx context.Context) error {
 	var exts []cas.Extent
 	var err error
 	if st := w.stream; st != nil {
+		st.ctx = ctx
 		err = st.sp.Skip(w.size - st.pos) // a size set past the last write
 		if err == nil {
 			err = st.sp.Close()

@@ -34,6 +34,8 @@ type pipeline struct {
 	group  *errgroup.Group
 
 	next      uint64 // offset the next add/reuse must start at (writer side)
+	pending   []*job // added, not yet handed to the workers (writer side)
+	pendBytes int
 	results   [][]cas.Extent
 	resMu     sync.Mutex
 	err       atomic.Pointer[error]
@@ -48,8 +50,8 @@ type job struct {
 	enc    []byte // encoded: pooled (LZ4), or within buf (raw)
 	encLZ4 bool   // enc is pooled
 	mem    int64
-	ready  chan struct{}
-	queued bool // already in an upload of its batch
+	ready  chan struct{} // closed when ext is final; shared by a dispatch group
+	queued bool          // already in an upload of its batch
 }
 
 // chunkHeadroom is kept in front of a chunk's bytes, so that a chunk
@@ -62,13 +64,18 @@ var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); retu
 // process detects holes and hashes. Compression waits until metad says
 // the chunk is missing: duplicates are never compressed.
 func (j *job) process() {
-	defer close(j.ready)
 	if cas.IsZero(j.raw) {
 		j.ext.Hole = true
 		return
 	}
 	j.ext.ID = cas.Sum(j.raw)
 }
+
+// groupBytes is how many chunk bytes one task of the FS workers processes
+// (hashing on add, compressing on upload): about one FUSE write. A task per
+// chunk woke a worker thread per chunk, which on these VMs cost more than
+// hashing a 64 KiB chunk.
+const groupBytes = 1 << 20
 
 // encode compresses the chunk, or, when LZ4 does not shrink it, encodes
 // it raw in place.
@@ -115,8 +122,12 @@ func (p *pipeline) error() error {
 }
 
 // add queues one chunk at offset off (which must follow the previous one).
-// It copies data, so the caller may reuse it when add returns.
-func (p *pipeline) add(off uint64, data []byte) error {
+// It copies data, so the caller may reuse it when add returns. It waits
+// for pipeline memory as long as ctx (the writer's) allows. Chunks are
+// handed to the workers in groups of about groupBytes (dispatch); a group
+// smaller than that waits for more adds, a reuse, finish, or its writer
+// waiting for memory.
+func (p *pipeline) add(ctx context.Context, off uint64, data []byte) error {
 	if err := p.error(); err != nil {
 		return err
 	}
@@ -125,29 +136,70 @@ func (p *pipeline) add(off uint64, data []byte) error {
 	}
 	mem := int64(2*len(data) + 64)
 	if !p.fs.mem.TryAcquire(mem) {
-		// Tell collectors holding partial batches that a writer waits.
-		p.fs.starving.signal()
-		if err := p.fs.mem.Acquire(p.ctx, mem); err != nil {
-			if e := p.error(); e != nil {
-				return e
-			}
+		if err := p.waitMem(ctx, mem); err != nil {
 			return err
 		}
 	}
 	buf := getBuf(chunkHeadroom + len(data))
 	raw := buf[chunkHeadroom:]
 	copy(raw, data)
-	j := &job{ext: cas.Extent{Offset: off, Length: uint32(len(data))}, buf: buf, raw: raw, mem: mem, ready: make(chan struct{})}
+	j := &job{ext: cas.Extent{Offset: off, Length: uint32(len(data))}, buf: buf, raw: raw, mem: mem}
 	p.next = off + uint64(len(data))
 	p.fs.stats.written.Add(uint64(len(data)))
+	p.pending = append(p.pending, j)
+	p.pendBytes += len(data)
+	if p.pendBytes >= groupBytes {
+		return p.dispatch()
+	}
+	return nil
+}
+
+// waitMem acquires mem bytes of pipeline memory, waiting until other
+// chunks are uploaded, the pipeline fails, or the writer's ctx ends.
+func (p *pipeline) waitMem(ctx context.Context, mem int64) error {
+	// Our own pending chunks must move before we wait for memory.
+	if err := p.dispatch(); err != nil {
+		return err
+	}
+	// Tell collectors holding partial batches that a writer waits.
+	p.fs.starving.signal()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(p.ctx, cancel)
+	defer stop()
+	if err := p.fs.mem.Acquire(ctx, mem); err != nil {
+		return p.errOr(fmt.Errorf("casfs: waiting for write pipeline memory: %w", err))
+	}
+	return nil
+}
+
+// dispatch hands the pending chunks to the workers as one task and queues
+// them for the collector, in order.
+func (p *pipeline) dispatch() error {
+	if len(p.pending) == 0 {
+		return nil
+	}
+	group := p.pending
+	p.pending, p.pendBytes = nil, 0
+	ready := make(chan struct{})
+	for _, j := range group {
+		j.ready = ready
+	}
+	task := func() {
+		for _, j := range group {
+			j.process()
+		}
+		close(ready)
+	}
 	select {
-	case p.fs.work <- j.process:
+	case p.fs.work <- task:
 	case <-p.ctx.Done():
-		p.fs.mem.Release(mem)
-		putBuf(buf)
+		p.release(group)
 		return p.errOr(p.ctx.Err())
 	}
-	p.order <- j
+	for _, j := range group {
+		p.order <- j
+	}
 	return nil
 }
 
@@ -165,6 +217,9 @@ func (p *pipeline) reuse(e cas.Extent) error {
 	}
 	if e.Offset != p.next {
 		return fmt.Errorf("casfs: pipeline reuse at %d, want %d", e.Offset, p.next)
+	}
+	if err := p.dispatch(); err != nil { // it comes after them
+		return err
 	}
 	p.next = e.End()
 	p.order <- &job{ext: e, ready: closedChan}
@@ -322,25 +377,21 @@ func (p *pipeline) upload(b []*job) ([]cas.Extent, error) {
 			return nil, err
 		}
 		missing := make(map[cas.ChunkID]bool, len(plan.Missing))
-		var wg sync.WaitGroup
+		var toEncode []*job
 		for _, m := range plan.Missing {
 			j, ok := first[m.ID]
 			if !ok {
-				wg.Wait()
 				return nil, fmt.Errorf("casfs: metad reported chunk %s missing that was not offered", m.ID.Short())
 			}
 			if int(m.Endpoint) >= len(plan.Endpoints) {
-				wg.Wait()
 				return nil, fmt.Errorf("casfs: metad named endpoint %d of %d", m.Endpoint, len(plan.Endpoints))
 			}
-			if missing[m.ID] {
-				continue
+			if !missing[m.ID] {
+				missing[m.ID] = true
+				toEncode = append(toEncode, j)
 			}
-			missing[m.ID] = true
-			wg.Add(1)
-			f.work <- func() { j.encode(); wg.Done() }
 		}
-		wg.Wait()
+		f.encodeAll(toEncode)
 		byEP := map[uint16][]blockd.Chunk{}
 		for _, m := range plan.Missing {
 			if j := first[m.ID]; j.enc != nil && !j.queued {
@@ -386,9 +437,36 @@ func (p *pipeline) upload(b []*job) ([]cas.Extent, error) {
 	return ext, nil
 }
 
+// encodeAll compresses jobs on the FS workers, about groupBytes of chunks
+// per task, and returns when all are done.
+func (f *FS) encodeAll(jobs []*job) {
+	var wg sync.WaitGroup
+	for len(jobs) > 0 {
+		n, size := 0, 0
+		for n < len(jobs) && size < groupBytes {
+			size += len(jobs[n].raw)
+			n++
+		}
+		group := jobs[:n]
+		jobs = jobs[n:]
+		wg.Add(1)
+		f.work <- func() {
+			for _, j := range group {
+				j.encode()
+			}
+			wg.Done()
+		}
+	}
+	wg.Wait()
+}
+
 // finish waits for every queued chunk to be uploaded and returns the
 // extents in file order, adjacent holes merged.
 func (p *pipeline) finish() ([]cas.Extent, error) {
+	if err := p.dispatch(); err != nil {
+		p.abort()
+		return nil, err
+	}
 	close(p.order)
 	<-p.done
 	gerr := p.group.Wait()
@@ -416,6 +494,8 @@ func (p *pipeline) finish() ([]cas.Extent, error) {
 // abort stops the pipeline and drops its work.
 func (p *pipeline) abort() {
 	p.setErr(errStopped)
+	p.release(p.pending) // never dispatched
+	p.pending, p.pendBytes = nil, 0
 	close(p.order)
 	<-p.done
 	_ = p.group.Wait()

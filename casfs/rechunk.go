@@ -101,7 +101,7 @@ func (in *inode) rebuildLocked(ctx context.Context) ([]cas.Extent, error) {
 		if n <= 0 {
 			n = len(data) // cannot happen: data holds MaxSize bytes or reaches the end
 		}
-		if err := p.add(pos, data[:n]); err != nil {
+		if err := p.add(ctx, pos, data[:n]); err != nil {
 			p.abort()
 			return nil, err
 		}
