@@ -227,6 +227,10 @@ func (f *FS) Stats(ctx context.Context) (Stats, error) {
 }
 
 // overlay replaces size and mtime in a by those of unflushed local writes.
+// Writes that failed are not applied: like reads (Handle.Read), attributes
+// then show the last committed content, as a remount would (a size from
+// the failed writes with the committed bytes behind it would read as a
+// tail of zeros the kernel makes up).
 func (f *FS) overlay(n metad.Node, a metad.Attr) metad.Attr {
 	f.mu.Lock()
 	in := f.inodes[n]
@@ -236,7 +240,7 @@ func (f *FS) overlay(n metad.Node, a metad.Attr) metad.Attr {
 	}
 	in.mu.Lock()
 	defer in.mu.Unlock()
-	if in.w != nil {
+	if in.w != nil && in.w.err == nil {
 		a.Size = in.w.size
 		if in.w.mtime.After(a.Mtime) {
 			a.Mtime = in.w.mtime

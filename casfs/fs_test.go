@@ -361,6 +361,12 @@ func TestUploadFailureIsReportedAndNothingCommitted(t *testing.T) {
 			if tc.want != nil && !errors.Is(err, tc.want) {
 				t.Errorf("error %v does not wrap %v", err, tc.want)
 			}
+			// Before the failed handle is released, the attributes are the
+			// committed file's too, not the failed writes' (a reader given
+			// their size would read the committed bytes padded with zeros).
+			if a, err := e.FS.GetAttr(ctxT(t), n); err != nil || a.Size != uint64(len(old)) {
+				t.Errorf("size after the failed flush: %d, %v; want the committed %d", a.Size, err, len(old))
+			}
 			if h.Release(ctxT(t)) == nil {
 				t.Error("release after a failed flush reported no error")
 			}
