@@ -5,31 +5,13 @@ import (
 	"context"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/dgraph-io/badger/v4"
 
 	"stasis/cas"
+	"stasis/internal/syncbuf"
 )
-
-// lockedBuffer is a log sink safe for badger's goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // TestBadgerBadSavedCounts: saved counters that do not parse are not
 // trusted: the store counts its chunks instead.
@@ -58,7 +40,7 @@ func TestBadgerBadSavedCounts(t *testing.T) {
 		if err := s.Close(); err != nil {
 			t.Fatal(err)
 		}
-		logb := &lockedBuffer{}
+		logb := &syncbuf.Buffer{}
 		s, err = OpenBadger(BadgerConfig{Dir: dir, Small: true, GCInterval: -1, Logger: slog.New(slog.NewTextHandler(logb, nil))})
 		if err != nil {
 			t.Fatal(err)

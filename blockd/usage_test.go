@@ -12,7 +12,6 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -21,31 +20,8 @@ import (
 	"stasis/blockd/faultstore"
 	"stasis/blockd/storetest"
 	"stasis/cas"
+	"stasis/internal/syncbuf"
 )
-
-// syncBuffer is a log sink safe for concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func (s *syncBuffer) Reset() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.b.Reset()
-}
 
 // noUsage hides every method but the PruneStore ones.
 type noUsage struct{ blockd.PruneStore }
@@ -225,7 +201,7 @@ func TestBadgerUsageClosed(t *testing.T) {
 func TestBadgerSavedCounts(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	var logb syncBuffer
+	var logb syncbuf.Buffer
 	open := func() *blockd.BadgerStore {
 		t.Helper()
 		s, err := blockd.OpenBadger(blockd.BadgerConfig{Dir: dir, Small: true, GCInterval: -1,

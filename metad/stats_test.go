@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -17,25 +16,8 @@ import (
 
 	"stasis/blockd"
 	"stasis/cas"
+	"stasis/internal/syncbuf"
 )
-
-// syncBuffer is a log sink safe for concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // gate is a blockd HTTP front that can hang or refuse: what a wedged or
 // failing server looks like to metad.
@@ -96,12 +78,12 @@ type usageEnv struct {
 	s      *Service
 	kr     *cas.Keyring
 	blocks []*testBlockd
-	log    *syncBuffer
+	log    *syncbuf.Buffer
 }
 
 func newUsageEnv(t *testing.T, n int) *usageEnv {
 	t.Helper()
-	e := &usageEnv{kr: testKeyring(t), log: &syncBuffer{}}
+	e := &usageEnv{kr: testKeyring(t), log: &syncbuf.Buffer{}}
 	hc := &http.Client{Timeout: time.Minute}
 	cfg := Config{Store: NewMemStore(), Keyring: e.kr, TokenTTL: time.Minute,
 		Logger: slog.New(slog.NewTextHandler(e.log, nil))}

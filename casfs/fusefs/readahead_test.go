@@ -6,13 +6,13 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 
 	"golang.org/x/sys/unix"
 
 	"stasis/casfs/fusefs"
 	"stasis/casfs/internal/testenv"
+	"stasis/internal/syncbuf"
 )
 
 // kernelReadAhead returns the read-ahead window (KiB) of the mount at mnt.
@@ -49,30 +49,12 @@ func TestKernelReadAhead(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer for concurrent writers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestLargeReadsTryNoSplice: go-fuse's log reaches the mount's logger, and
 // 1 MiB reads (the kernel's requests with a large read-ahead window) do not
 // make go-fuse try to splice a reply from memory, which failed and logged
 // on every read (its pipe cannot grow past 1 MiB).
 func TestLargeReadsTryNoSplice(t *testing.T) {
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	e := testenv.New(t, testenv.Options{})
 	mnt := e.Mount(t, fusefs.Options{Logger: testenv.LoggerTo(&logs), Debug: true})
 	data := randBytes(7, 8<<20)

@@ -17,6 +17,7 @@ import (
 
 	"stasis/blockd"
 	"stasis/cas"
+	"stasis/internal/syncbuf"
 	"stasis/metad"
 )
 
@@ -67,25 +68,8 @@ func blockdBinary(t *testing.T) string {
 type daemon struct {
 	cmd    *exec.Cmd
 	addr   string
-	stderr *syncBuffer
+	stderr *syncbuf.Buffer
 	done   chan error
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // startDaemon runs bin (or this test binary as metad when bin is "") with
@@ -101,7 +85,7 @@ func startDaemon(t *testing.T, bin string, args ...string) *daemon {
 	} else {
 		cmd = exec.Command(bin, args...)
 	}
-	d := &daemon{cmd: cmd, stderr: &syncBuffer{}, done: make(chan error, 1)}
+	d := &daemon{cmd: cmd, stderr: &syncbuf.Buffer{}, done: make(chan error, 1)}
 	cmd.Stdout, cmd.Stderr = d.stderr, d.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
