@@ -9,6 +9,11 @@
 // calls fail (ECONNABORTED, later ones ENOTCONN), the test fails with what it was doing, and the
 // timeout's goroutine dump (if it still comes) is printed by a process that
 // can exit.
+//
+// It cannot help a process whose goroutines are all stopped — a GC's
+// stop-the-world waiting for a thread blocked in a page fault on the
+// process's own mount — since its timer is a goroutine too; scripts/test.sh
+// watches from outside for that.
 package mountwatch
 
 import (
