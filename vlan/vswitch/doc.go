@@ -47,6 +47,6 @@
 // The control API is the Switch's methods; NewHandler serves the same API
 // over HTTP and Client calls it, for an orchestration in another process.
 //
-// The package lives in vlan/vswitch; its name is vswitch because switch is a
+// The folder and the package are named vswitch because switch is a
 // Go keyword.
 package vswitch
