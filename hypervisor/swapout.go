@@ -68,11 +68,11 @@ type SwapoutResult struct {
 // destroy. dir must not exist or be empty. On any failure after pause the
 // VM stays paused and intact, the partial snapshot is removed (best
 // effort), and the error is a *StepError.
+//
+// Swapout is Pause, Checkpoint and Destroy in one call; an experiment, which
+// pauses many VMs at one instant before saving any, calls the phases itself.
 func Swapout(ctx context.Context, m Machine, dir string, opts SwapoutOptions) (*SwapoutResult, error) {
-	log := opts.Logger
-	if log == nil {
-		log = slog.New(slog.NewTextHandler(io.Discard, nil))
-	}
+	log := opts.logger()
 	if err := prepareDir(dir); err != nil {
 		return nil, &StepError{Step: StepPrepare, Err: err}
 	}
@@ -81,16 +81,57 @@ func Swapout(ctx context.Context, m Machine, dir string, opts SwapoutOptions) (*
 		return nil, &StepError{Step: StepPause, Err: err, Paused: false}
 	}
 	log.Info("swapout: paused", "dir", dir)
+	res, err := Checkpoint(ctx, m, dir, paused, opts)
+	if err != nil {
+		return nil, err
+	}
+	if opts.Keep {
+		res.Downtime = time.Since(paused)
+		return res, nil
+	}
+	dstart := time.Now()
+	if err := m.Destroy(ctx); err != nil {
+		// The snapshot is complete and verified; the VM may or may not be
+		// gone, so do not claim it is intact.
+		return nil, &StepError{Step: StepDestroy, Err: err}
+	}
+	res.Downtime = time.Since(paused)
+	log.Info("swapout: done", "dir", dir, "bytes", res.Bytes, "downtime", res.Downtime, "destroy", time.Since(dstart))
+	return res, nil
+}
+
+func (o SwapoutOptions) logger() *slog.Logger {
+	if o.Logger == nil {
+		return slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return o.Logger
+}
+
+// Checkpoint saves a VM that is already paused into dir: save (every file
+// fsynced), manifest.json (fsync, atomic rename), verify by reading
+// everything back. paused is the instant the caller paused the VM; it is
+// the manifest's pause time and the base of the guest's virtual-time
+// offset, so that VMs paused together share it. dir must exist and be
+// empty (it is created when missing). Checkpoint never resumes and never
+// destroys: on failure the VM is still paused and intact, the partial
+// snapshot is removed (best effort), and the error is a *StepError with
+// Paused set. The result's Downtime is left zero.
+func Checkpoint(ctx context.Context, m Machine, dir string, paused time.Time, opts SwapoutOptions) (*SwapoutResult, error) {
+	log := opts.logger()
+	if err := prepareDir(dir); err != nil {
+		return nil, &StepError{Step: StepPrepare, Err: err, Paused: true}
+	}
 	fail := func(step string, err error) (*SwapoutResult, error) {
 		cleanup(dir)
 		log.Error("swapout failed; VM left paused", "step", step, "err", err)
 		return nil, &StepError{Step: step, Err: err, Paused: true}
 	}
+	start := time.Now()
 	saved, err := m.Save(ctx, dir, opts.Progress)
 	if err != nil {
 		return fail(StepSave, err)
 	}
-	saveTime := time.Since(paused)
+	saveTime := time.Since(start)
 	man := &Manifest{
 		Format: FormatVersion, Driver: saved.Driver, Mode: saved.Mode, Hash: "blake3-256", Host: opts.Host,
 		Paused: paused.UTC(), Created: time.Now().UTC(), Files: saved.Files, Config: saved.Config,
@@ -114,21 +155,8 @@ func Swapout(ctx context.Context, m Machine, dir string, opts SwapoutOptions) (*
 		return fail(StepVerify, fmt.Errorf("manifest read back lists %d files, wrote %d", len(got.Files), len(man.Files)))
 	}
 	verifyTime := time.Since(vstart)
-	res := &SwapoutResult{Manifest: man, Bytes: man.Bytes(), SaveTime: saveTime, VerifyTime: verifyTime}
-	if opts.Keep {
-		res.Downtime = time.Since(paused)
-		return res, nil
-	}
 	log.Debug("swapout: verified", "save", saveTime, "verify", verifyTime)
-	dstart := time.Now()
-	if err := m.Destroy(ctx); err != nil {
-		// The snapshot is complete and verified; the VM may or may not be
-		// gone, so do not claim it is intact.
-		return nil, &StepError{Step: StepDestroy, Err: err}
-	}
-	res.Downtime = time.Since(paused)
-	log.Info("swapout: done", "dir", dir, "bytes", res.Bytes, "downtime", res.Downtime, "destroy", time.Since(dstart))
-	return res, nil
+	return &SwapoutResult{Manifest: man, Bytes: man.Bytes(), SaveTime: saveTime, VerifyTime: verifyTime}, nil
 }
 
 func prepareDir(dir string) error {

@@ -41,8 +41,20 @@ type RestoreOptions struct {
 	// StartTimeout bounds how long QEMU may take to open its QMP socket;
 	// default 60 s.
 	StartTimeout time.Duration
-	Progress     hypervisor.Progress
-	Logger       *slog.Logger
+	// Argv, when set, replaces the command line saved in the snapshot: an
+	// experiment's host agent builds each node's command line for the host
+	// it restores on (its socket paths, run directory). It is rewritten like
+	// the saved one: local disk and RAM paths replaced, -rtc continued in
+	// virtual time, "-S -incoming defer" appended. It must give QEMU the
+	// same devices as the saved command line did.
+	Argv []string
+	// QMP is the QMP socket path Argv opens; required with Argv.
+	QMP string
+	// Cwd is the directory QEMU runs in with Argv (relative paths in it);
+	// empty: the saved one if it exists.
+	Cwd      string
+	Progress hypervisor.Progress
+	Logger   *slog.Logger
 }
 
 // Restore starts a VM from the snapshot in dir and, unless opts.Paused,
@@ -69,6 +81,16 @@ func Restore(ctx context.Context, dir string, opts RestoreOptions) (*Machine, er
 	var cfg savedConfig
 	if err := json.Unmarshal(man.Config, &cfg); err != nil || len(cfg.Argv) == 0 || cfg.QMP == "" {
 		return nil, &hypervisor.VerifyError{Dir: dir, File: hypervisor.ManifestName, Err: hypervisor.ErrCorrupt, Detail: "bad qemu config"}
+	}
+	savedArgv := cfg.Argv
+	if len(opts.Argv) > 0 {
+		if opts.QMP == "" {
+			return nil, errors.New("qemuhook: RestoreOptions.Argv needs RestoreOptions.QMP")
+		}
+		savedArgv, cfg.QMP = opts.Argv, opts.QMP
+		if opts.Cwd != "" {
+			cfg.Cwd = opts.Cwd
+		}
 	}
 
 	// Local files: where each goes, refusing to clobber.
@@ -159,7 +181,7 @@ func Restore(ctx context.Context, dir string, opts RestoreOptions) (*Machine, er
 		}
 	}
 
-	argv := rewriteArgv(cfg.Argv, paths, man.GuestTime)
+	argv := rewriteArgv(savedArgv, paths, man.GuestTime)
 	m, err := start(ctx, argv, cfg, opts)
 	if err != nil {
 		cleanup()
