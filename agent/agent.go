@@ -1,0 +1,710 @@
+// Package agent is the per-host side of an experiment: it owns the QEMU
+// processes, the userspace switch (vswitch) and the run files of every
+// experiment's nodes placed on its host, and carries out the steps the
+// experiment coordinator asks for. *Agent implements experiment.Host.
+//
+// # Network
+//
+// Each experiment has one switch per host. Every NIC of a node is a QEMU
+// stream netdev connected to a unix socket that the switch listens on (an
+// access port in the LAN's VLAN, named NODE/IFNAME), so experiment traffic
+// never touches the host's network namespace. When an experiment spans
+// hosts, the hosts' switches are joined by UDP trunks that carry each
+// frame's VLAN and checkpoint epoch.
+//
+// # Run directory
+//
+//	DIR/PROJECT/EXPERIMENT/NODE/
+//	    qmp.sock        QEMU's QMP socket
+//	    serial1.sock    the guest's second serial port (ttyS1)
+//	    console.log     the guest's console (ttyS0), appended across swaps
+//	    qemu.log        QEMU's own output
+//	    IFNAME.sock     one per NIC: the switch's end of the netdev
+//	    disk.qcow2      the node's overlay over its base image (with image)
+//
+// # Limits of this version
+//
+// The agent runs inside the process that drives it (stasis exp, tests);
+// an agent daemon that re-adopts running VMs after its own restart is not
+// built yet. LAN rates are recorded, not shaped.
+package agent
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/zeebo/blake3"
+
+	"stasis/experiment"
+	"stasis/hypervisor"
+	"stasis/qemuhook"
+	"stasis/vlan/vswitch"
+)
+
+// Config configures an Agent.
+type Config struct {
+	// Name is the host's name in placements. Required.
+	Name string
+	// Dir is the run directory. Required.
+	Dir string
+	// QEMU is the emulator binary (default qemu-system-x86_64).
+	QEMU string
+	// Accel is QEMU's accelerator (default "tcg").
+	Accel string
+	// TrunkAddr is the IP address trunks to other hosts bind to (default
+	// 127.0.0.1).
+	TrunkAddr string
+	// StartTimeout bounds how long a QEMU may take to open its QMP socket
+	// (default 60 s).
+	StartTimeout time.Duration
+	Logger       *slog.Logger
+}
+
+// Agent runs experiments' nodes on one host. It is safe for concurrent use
+// by one coordinator; each experiment's operations are serialized.
+type Agent struct {
+	cfg  Config
+	mu   sync.Mutex
+	exps map[experiment.Key]*exp
+}
+
+var _ experiment.Host = (*Agent)(nil)
+
+// exp is one experiment's part on this host.
+type exp struct {
+	mu    sync.Mutex // serializes operations on this experiment
+	key   experiment.Key
+	spec  *experiment.Spec
+	dir   string
+	sw    *vswitch.Switch
+	trunk *net.UDPConn // bound, not yet connected (before Connect)
+	nodes []*node
+}
+
+type node struct {
+	name string
+	dir  string
+	nics []experiment.NIC
+	argv []string
+	qmp  string
+	m    *qemuhook.Machine
+	proc *os.Process   // when this agent started QEMU itself
+	done chan struct{} // closed when proc has been reaped
+}
+
+// New makes an agent.
+func New(cfg Config) (*Agent, error) {
+	if cfg.Name == "" || cfg.Dir == "" {
+		return nil, errors.New("agent: Config.Name and Config.Dir are required")
+	}
+	if cfg.QEMU == "" {
+		cfg.QEMU = "qemu-system-x86_64"
+	}
+	if cfg.Accel == "" {
+		cfg.Accel = "tcg"
+	}
+	if cfg.TrunkAddr == "" {
+		cfg.TrunkAddr = "127.0.0.1"
+	}
+	if cfg.StartTimeout == 0 {
+		cfg.StartTimeout = 60 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
+		return nil, err
+	}
+	return &Agent{cfg: cfg, exps: map[experiment.Key]*exp{}}, nil
+}
+
+// Name is the host's name.
+func (a *Agent) Name() string { return a.cfg.Name }
+
+func (a *Agent) get(k experiment.Key) (*exp, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	e := a.exps[k]
+	if e == nil {
+		return nil, fmt.Errorf("host %s runs no part of experiment %s", a.cfg.Name, k)
+	}
+	return e, nil
+}
+
+// NodeDir is where node's run files live on this host.
+func (a *Agent) NodeDir(k experiment.Key, node string) string {
+	return filepath.Join(a.cfg.Dir, k.Project, k.Name, node)
+}
+
+// prepare builds the experiment's switch, its ports and each node's
+// command line, without starting anything.
+func (a *Agent) prepare(req experiment.StartRequest) (*exp, error) {
+	s, err := experiment.Parse(req.Spec)
+	if err != nil {
+		return nil, err
+	}
+	a.mu.Lock()
+	if a.exps[req.Key] != nil {
+		a.mu.Unlock()
+		return nil, fmt.Errorf("host %s already runs experiment %s (take it down first)", a.cfg.Name, req.Key)
+	}
+	e := &exp{key: req.Key, spec: s, dir: filepath.Join(a.cfg.Dir, req.Key.Project, req.Key.Name)}
+	a.exps[req.Key] = e
+	a.mu.Unlock()
+	fail := func(err error) (*exp, error) {
+		a.teardown(context.Background(), e)
+		return nil, err
+	}
+	sw, err := vswitch.New(vswitch.Config{Logger: a.cfg.Logger.With("exp", req.Key.String(), "host", a.cfg.Name)})
+	if err != nil {
+		return fail(err)
+	}
+	e.sw = sw
+	for _, name := range req.Nodes {
+		n, ok := s.Node(name)
+		if !ok {
+			return fail(fmt.Errorf("experiment %s has no node %q", req.Key, name))
+		}
+		nd := &node{name: name, dir: a.NodeDir(req.Key, name), nics: s.NICs(name)}
+		nd.qmp = filepath.Join(nd.dir, "qmp.sock")
+		if err := os.MkdirAll(nd.dir, 0o755); err != nil {
+			return fail(err)
+		}
+		if err := a.liveCheck(nd); err != nil {
+			return fail(err)
+		}
+		for _, nic := range nd.nics {
+			sock := filepath.Join(nd.dir, nic.Interface+".sock")
+			os.Remove(sock) // checked above: no live QEMU uses this directory
+			p, err := vswitch.ListenStream(sock)
+			if err != nil {
+				return fail(fmt.Errorf("node %s: %w", name, err))
+			}
+			if err := sw.AddPort(vswitch.PortConfig{Name: nic.Port, VLAN: uint16(nic.VLAN)}, p); err != nil {
+				p.Close()
+				return fail(fmt.Errorf("node %s: %w", name, err))
+			}
+		}
+		eff := s.Effective(n)
+		nd.argv = a.argv(req.Key, nd, eff)
+		e.nodes = append(e.nodes, nd)
+	}
+	if req.Trunked {
+		c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.ParseIP(a.cfg.TrunkAddr)})
+		if err != nil {
+			return fail(fmt.Errorf("trunk: %w", err))
+		}
+		e.trunk = c
+	}
+	return e, nil
+}
+
+// liveCheck refuses a node directory whose QMP socket still answers: a
+// QEMU from before is alive there, and its files must not be reused.
+func (a *Agent) liveCheck(nd *node) error {
+	c, err := net.DialTimeout("unix", nd.qmp, time.Second)
+	if err != nil {
+		return nil
+	}
+	c.Close()
+	return fmt.Errorf("node %s: a QEMU is still alive on %s: end it (`stasis exp down`) before starting the node again", nd.name, nd.qmp)
+}
+
+// argv is node's QEMU command line on this host.
+func (a *Agent) argv(k experiment.Key, nd *node, e experiment.NodeSpec) []string {
+	args := []string{a.cfg.QEMU, "-name", k.String() + "/" + nd.name,
+		"-accel", a.cfg.Accel, "-machine", "pc", "-m", strconv.FormatInt(int64(e.Memory), 10) + "M",
+		"-smp", strconv.Itoa(e.CPUs),
+		"-display", "none", "-nodefaults", "-no-user-config", "-no-reboot",
+		"-rtc", "base=utc,clock=vm",
+		"-chardev", "file,id=con0,path=" + filepath.Join(nd.dir, "console.log") + ",append=on",
+		"-serial", "chardev:con0",
+		"-chardev", "socket,id=ser1,path=" + filepath.Join(nd.dir, "serial1.sock") + ",server=on,wait=off",
+		"-serial", "chardev:ser1",
+		"-qmp", "unix:" + nd.qmp + ",server=on,wait=off",
+	}
+	if e.Kernel != "" {
+		args = append(args, "-kernel", e.Kernel)
+		if e.Initrd != "" {
+			args = append(args, "-initrd", e.Initrd)
+		}
+		args = append(args, "-append", strings.TrimSpace("console=ttyS0 "+e.Append))
+	}
+	if e.Image != "" {
+		args = append(args, "-drive", "file="+filepath.Join(nd.dir, "disk.qcow2")+",if=virtio,format=qcow2,id=disk0")
+	}
+	for i, nic := range nd.nics {
+		id := "n" + strconv.Itoa(i)
+		args = append(args,
+			"-netdev", "stream,id="+id+",server=off,addr.type=unix,addr.path="+filepath.Join(nd.dir, nic.Interface+".sock"),
+			"-device", "virtio-net-pci,netdev="+id+",mac="+nic.MAC+",romfile=")
+	}
+	for _, x := range e.QEMUArgs {
+		args = append(args, strings.ReplaceAll(x, "{dir}", nd.dir))
+	}
+	return args
+}
+
+// Start boots the nodes fresh.
+func (a *Agent) Start(ctx context.Context, req experiment.StartRequest) (string, error) {
+	e, err := a.prepare(req)
+	if err != nil {
+		return "", err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	err = parallel(e.nodes, func(nd *node) error {
+		eff := func() experiment.NodeSpec { n, _ := e.spec.Node(nd.name); return e.spec.Effective(n) }()
+		if eff.Image != "" {
+			format := "raw"
+			if strings.HasSuffix(eff.Image, ".qcow2") {
+				format = "qcow2"
+			}
+			out, err := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=65536",
+				"-b", eff.Image, "-F", format, filepath.Join(nd.dir, "disk.qcow2")).CombinedOutput()
+			if err != nil {
+				return fmt.Errorf("node %s: overlay over %s: %v: %s", nd.name, eff.Image, err, bytes.TrimSpace(out))
+			}
+		}
+		return a.launch(ctx, nd)
+	})
+	if err != nil {
+		a.teardown(context.WithoutCancel(ctx), e)
+		return "", err
+	}
+	return trunkAddr(e), nil
+}
+
+func trunkAddr(e *exp) string {
+	if e.trunk == nil {
+		return ""
+	}
+	return e.trunk.LocalAddr().String()
+}
+
+// launch starts QEMU for a fresh boot and connects to its QMP socket.
+func (a *Agent) launch(ctx context.Context, nd *node) error {
+	os.Remove(nd.qmp)
+	logf, err := os.OpenFile(filepath.Join(nd.dir, "qemu.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	cmd := exec.Command(nd.argv[0], nd.argv[1:]...)
+	cmd.Dir = nd.dir
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("node %s: start qemu: %w", nd.name, err)
+	}
+	nd.proc = cmd.Process
+	nd.done = make(chan struct{})
+	go func() { cmd.Wait(); close(nd.done) }()
+	deadline := time.Now().Add(a.cfg.StartTimeout)
+	for {
+		// QEMU creates the socket file at bind and accepts after listen:
+		// a refused connection in between is retried, not fatal.
+		dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		m, err := qemuhook.Connect(dctx, qemuhook.Config{QMP: nd.qmp, Logger: a.cfg.Logger})
+		cancel()
+		if err == nil {
+			nd.m = m
+			return nil
+		}
+		select {
+		case <-nd.done:
+			b, _ := os.ReadFile(filepath.Join(nd.dir, "qemu.log"))
+			return fmt.Errorf("node %s: qemu exited at start: %s", nd.name, lastLines(string(b), 5))
+		default:
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			nd.proc.Kill()
+			<-nd.done
+			return fmt.Errorf("node %s: qemu did not open %s: %w", nd.name, nd.qmp, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, " | ")
+}
+
+// Connect joins the switch to its peer: one trunk per experiment, so an
+// experiment may span two hosts in this version.
+func (a *Agent) Connect(ctx context.Context, k experiment.Key, peers map[string]string) error {
+	e, err := a.get(k)
+	if err != nil {
+		return err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if len(peers) != 1 {
+		return fmt.Errorf("experiment %s spans %d hosts: this agent joins two hosts at most (one trunk)", k, len(peers)+1)
+	}
+	if e.trunk == nil {
+		return fmt.Errorf("experiment %s: no trunk socket on host %s", k, a.cfg.Name)
+	}
+	for peer, addr := range peers {
+		ua, err := net.ResolveUDPAddr("udp", addr)
+		if err != nil {
+			return fmt.Errorf("peer %s: %w", peer, err)
+		}
+		t, err := vswitch.NewUDPTrunkTo(e.trunk, ua)
+		if err != nil {
+			return err
+		}
+		e.trunk = nil // the trunk owns it now
+		if err := e.sw.AddPort(vswitch.PortConfig{Name: "trunk-" + peer, Mode: vswitch.Trunk}, t); err != nil {
+			t.Close()
+			return err
+		}
+	}
+	return nil
+}
+
+// Preflight checks every node answers QMP and is running or paused.
+func (a *Agent) Preflight(ctx context.Context, k experiment.Key) error {
+	e, err := a.get(k)
+	if err != nil {
+		return err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return parallel(e.nodes, func(nd *node) error {
+		if nd.m == nil {
+			return fmt.Errorf("node %s: not running", nd.name)
+		}
+		if pf, ok := any(nd.m).(interface{ Preflight(context.Context) error }); ok {
+			if err := pf.Preflight(ctx); err != nil {
+				return fmt.Errorf("node %s: %w", nd.name, err)
+			}
+		}
+		st, err := nd.m.Status(ctx)
+		if err != nil {
+			return fmt.Errorf("node %s: %w", nd.name, err)
+		}
+		if st != "running" && st != "paused" {
+			return fmt.Errorf("node %s: QEMU is %q, cannot be saved", nd.name, st)
+		}
+		return nil
+	})
+}
+
+// Freeze begins the checkpoint and pauses every node right after its
+// ports froze.
+func (a *Agent) Freeze(ctx context.Context, k experiment.Key, epoch uint64) error {
+	e, err := a.get(k)
+	if err != nil {
+		return err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if err := e.sw.BeginCheckpoint(ctx, epoch); err != nil {
+		return err
+	}
+	return parallel(e.nodes, func(nd *node) error {
+		for _, nic := range nd.nics {
+			if err := e.sw.FreezePort(ctx, nic.Port); err != nil {
+				return fmt.Errorf("node %s: freeze %s: %w", nd.name, nic.Port, err)
+			}
+		}
+		if err := nd.m.Pause(ctx); err != nil {
+			return fmt.Errorf("node %s: pause: %w", nd.name, err)
+		}
+		return nil
+	})
+}
+
+// Cut marks every port checkpointed.
+func (a *Agent) Cut(ctx context.Context, k experiment.Key) error {
+	e, err := a.get(k)
+	if err != nil {
+		return err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, nd := range e.nodes {
+		for _, nic := range nd.nics {
+			if err := e.sw.PortCheckpointed(ctx, nic.Port); err != nil {
+				return fmt.Errorf("node %s: %w", nd.name, err)
+			}
+		}
+	}
+	return nil
+}
+
+// EndCheckpoint returns the switch's encoded log.
+func (a *Agent) EndCheckpoint(ctx context.Context, k experiment.Key) ([]byte, error) {
+	e, err := a.get(k)
+	if err != nil {
+		return nil, err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	lg, err := e.sw.EndCheckpoint(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var buf bytes.Buffer
+	if _, err := lg.WriteTo(&buf); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+// Save checkpoints every paused node into dir/NODE at once.
+func (a *Agent) Save(ctx context.Context, k experiment.Key, dir string, paused time.Time, pf experiment.ProgressFunc) ([]experiment.NodeSaved, error) {
+	e, err := a.get(k)
+	if err != nil {
+		return nil, err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := make([]experiment.NodeSaved, len(e.nodes))
+	err = parallelIdx(e.nodes, func(i int, nd *node) error {
+		ndir := filepath.Join(dir, nd.name)
+		var p hypervisor.Progress
+		if pf != nil {
+			p = &progress{node: nd.name, f: pf}
+		}
+		res, err := hypervisor.Checkpoint(ctx, nd.m, ndir, paused, hypervisor.SwapoutOptions{Progress: p, Host: a.cfg.Name, Logger: a.cfg.Logger})
+		if err != nil {
+			return &experiment.StepError{Step: experiment.StepSave, Node: nd.name, Host: a.cfg.Name, Err: err}
+		}
+		b, err := os.ReadFile(filepath.Join(ndir, hypervisor.ManifestName))
+		if err != nil {
+			return &experiment.StepError{Step: experiment.StepManifest, Node: nd.name, Host: a.cfg.Name, Err: err}
+		}
+		h := blake3.Sum256(b)
+		out[i] = experiment.NodeSaved{Node: nd.name, Result: res, Manifest: hex.EncodeToString(h[:]), Bytes: res.Bytes,
+			Save: res.SaveTime, Verify: res.VerifyTime}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// progress adapts hypervisor.Progress to a ProgressFunc.
+type progress struct {
+	node        string
+	f           experiment.ProgressFunc
+	phase       string
+	done, total int64
+}
+
+func (p *progress) Start(phase string, total int64) {
+	p.phase, p.done, p.total = phase, 0, total
+	p.f(p.node, phase, 0, total)
+}
+
+func (p *progress) Add(n int64) {
+	p.done += n
+	p.f(p.node, p.phase, p.done, p.total)
+}
+
+// Resume undoes a checkpoint: the switch forwards again (delivering what
+// it logged), then every node continues.
+func (a *Agent) Resume(ctx context.Context, k experiment.Key) error {
+	e, err := a.get(k)
+	if err != nil {
+		return err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var errs []error
+	if err := e.sw.Resume(ctx); err != nil && !errors.Is(err, vswitch.ErrCheckpoint) {
+		errs = append(errs, fmt.Errorf("switch: %w", err))
+	}
+	errs = append(errs, parallel(e.nodes, func(nd *node) error {
+		if nd.m == nil {
+			return fmt.Errorf("node %s: not running", nd.name)
+		}
+		if err := nd.m.Resume(ctx); err != nil {
+			return fmt.Errorf("node %s: resume: %w", nd.name, err)
+		}
+		return nil
+	}))
+	return errors.Join(errs...)
+}
+
+// Destroy ends the nodes and the switch and removes the run files.
+func (a *Agent) Destroy(ctx context.Context, k experiment.Key) error {
+	a.mu.Lock()
+	e := a.exps[k]
+	a.mu.Unlock()
+	if e == nil {
+		return nil // already gone
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return a.teardown(ctx, e)
+}
+
+// teardown ends everything of e (caller holds e.mu or owns e alone).
+func (a *Agent) teardown(ctx context.Context, e *exp) error {
+	errs := []error{parallel(e.nodes, func(nd *node) error {
+		var err error
+		if nd.m != nil {
+			if err = nd.m.Destroy(ctx); err != nil {
+				nd.m.Kill()
+			}
+			nd.m.Close()
+		}
+		if nd.proc != nil {
+			nd.proc.Kill()
+			<-nd.done
+		}
+		if err != nil {
+			return fmt.Errorf("node %s: %w", nd.name, err)
+		}
+		return nil
+	})}
+	if e.sw != nil {
+		errs = append(errs, e.sw.Close())
+	}
+	if e.trunk != nil {
+		e.trunk.Close()
+	}
+	os.RemoveAll(e.dir)
+	a.mu.Lock()
+	if a.exps[e.key] == e {
+		delete(a.exps, e.key)
+	}
+	a.mu.Unlock()
+	return errors.Join(errs...)
+}
+
+// Restore rebuilds the switch from the log and restores every node paused.
+func (a *Agent) Restore(ctx context.Context, req experiment.RestoreRequest) (string, error) {
+	e, err := a.prepare(req.StartRequest)
+	if err != nil {
+		return "", err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	fail := func(err error) (string, error) {
+		a.teardown(context.WithoutCancel(ctx), e)
+		return "", err
+	}
+	lg, err := vswitch.ReadLog(bytes.NewReader(req.Log))
+	if err != nil {
+		return fail(fmt.Errorf("network log: %w", err))
+	}
+	if err := e.sw.Restore(ctx, lg); err != nil {
+		return fail(err)
+	}
+	err = parallel(e.nodes, func(nd *node) error {
+		m, err := qemuhook.Restore(ctx, filepath.Join(req.Snapshot, nd.name), qemuhook.RestoreOptions{
+			LocalDir: nd.dir, Paused: true, Log: filepath.Join(nd.dir, "qemu.log"),
+			Argv: nd.argv, QMP: nd.qmp, Cwd: nd.dir, StartTimeout: a.cfg.StartTimeout, Logger: a.cfg.Logger,
+		})
+		if err != nil {
+			return &experiment.StepError{Step: experiment.StepRestore, Node: nd.name, Host: a.cfg.Name, Err: err}
+		}
+		nd.m = m
+		return nil
+	})
+	if err != nil {
+		return fail(err)
+	}
+	return trunkAddr(e), nil
+}
+
+// Continue resumes the switch (replaying its log) and then every node.
+func (a *Agent) Continue(ctx context.Context, k experiment.Key) error {
+	e, err := a.get(k)
+	if err != nil {
+		return err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if err := e.sw.Resume(ctx); err != nil && !errors.Is(err, vswitch.ErrCheckpoint) {
+		return fmt.Errorf("switch: %w", err)
+	}
+	return parallel(e.nodes, func(nd *node) error {
+		if err := nd.m.Resume(ctx); err != nil {
+			return fmt.Errorf("node %s: %w", nd.name, err)
+		}
+		return nil
+	})
+}
+
+// Status reports QEMU's state of every node.
+func (a *Agent) Status(ctx context.Context, k experiment.Key) ([]experiment.NodeStatus, error) {
+	e, err := a.get(k)
+	if err != nil {
+		return nil, err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := make([]experiment.NodeStatus, len(e.nodes))
+	for i, nd := range e.nodes {
+		st := experiment.NodeStatus{Node: nd.name, Host: a.cfg.Name, State: "gone"}
+		if nd.m != nil {
+			st.Pid = nd.m.Pid()
+			if s, err := nd.m.Status(ctx); err == nil {
+				st.State = s
+			} else {
+				st.Detail = err.Error()
+			}
+		}
+		out[i] = st
+	}
+	return out, nil
+}
+
+// Close ends every experiment on the agent (tests, shutdown).
+func (a *Agent) Close() error {
+	a.mu.Lock()
+	var es []*exp
+	for _, e := range a.exps {
+		es = append(es, e)
+	}
+	a.mu.Unlock()
+	var errs []error
+	for _, e := range es {
+		e.mu.Lock()
+		errs = append(errs, a.teardown(context.Background(), e))
+		e.mu.Unlock()
+	}
+	return errors.Join(errs...)
+}
+
+func parallel(nodes []*node, f func(*node) error) error {
+	return parallelIdx(nodes, func(_ int, nd *node) error { return f(nd) })
+}
+
+func parallelIdx(nodes []*node, f func(int, *node) error) error {
+	errs := make([]error, len(nodes))
+	var wg sync.WaitGroup
+	for i, nd := range nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = f(i, nd)
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
