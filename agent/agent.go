@@ -93,6 +93,9 @@ type exp struct {
 	sw    *vswitch.Switch
 	trunk *net.UDPConn // bound, not yet connected (before Connect)
 	nodes []*node
+	// pendingLog is a restored network log waiting for the trunk: a
+	// switch takes its log once every port, trunks included, is attached.
+	pendingLog *vswitch.Log
 }
 
 type node struct {
@@ -378,6 +381,12 @@ func (a *Agent) Connect(ctx context.Context, k experiment.Key, peers map[string]
 			return err
 		}
 	}
+	if lg := e.pendingLog; lg != nil {
+		e.pendingLog = nil
+		if err := e.sw.Restore(ctx, lg); err != nil {
+			return fmt.Errorf("network log: %w", err)
+		}
+	}
 	return nil
 }
 
@@ -611,7 +620,9 @@ func (a *Agent) Restore(ctx context.Context, req experiment.RestoreRequest) (str
 	if err != nil {
 		return fail(fmt.Errorf("network log: %w", err))
 	}
-	if err := e.sw.Restore(ctx, lg); err != nil {
+	if req.Trunked {
+		e.pendingLog = lg // applied by Connect, after the trunk is attached
+	} else if err := e.sw.Restore(ctx, lg); err != nil {
 		return fail(err)
 	}
 	err = parallel(e.nodes, func(nd *node) error {

@@ -466,6 +466,9 @@ func (c *Coordinator) Swapout(ctx context.Context, k Key, opts SwapoutOptions) (
 	// From here on a failure undoes the checkpoint.
 	undo := func(step, host, node string, err error) error {
 		se := &StepError{Step: step, Host: host, Node: node, Err: err}
+		if inner, ok := err.(*StepError); ok && inner.Step == step {
+			se = inner // a node's own step error already says where
+		}
 		uctx := context.WithoutCancel(ctx)
 		if opts.KeepPaused {
 			se.Outcome = "every node stays paused (--keep-paused); `stasis exp resume` continues them"

@@ -473,6 +473,7 @@ func (sw *Switch) Resume(ctx context.Context) error {
 		return fmt.Errorf("%w: Resume while %v", ErrCheckpoint, sw.ck.state)
 	}
 	aborting := sw.ck.state == ckActive
+	restored := sw.ck.state == ckRestored
 	target := sw.ck.target
 	parts, _ := sw.participantsLocked()
 	sw.mu.Unlock()
@@ -492,7 +493,14 @@ func (sw *Switch) Resume(ctx context.Context) error {
 		sw.mu.Unlock()
 	}
 
+	// After a Restore the restored nodes connect to their ports any
+	// moment: wait for them, so the log is replayed to them. Undoing a
+	// checkpoint of a running network does not wait: a port without its
+	// peer now lost it (the node died), and would never connect again.
 	for _, pt := range parts {
+		if !restored {
+			break
+		}
 		if w, ok := pt.p.(ConnWaiter); ok {
 			if err := w.WaitConnected(ctx); err != nil {
 				return fmt.Errorf("vswitch: Resume: port %s: %w", pt.cfg.Name, err)
