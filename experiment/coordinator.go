@@ -104,6 +104,9 @@ type Coordinator struct {
 	Now func() time.Time
 	// Progress, when set, receives per-node progress.
 	Progress ProgressFunc
+	// TakeSnapshot snapshots the experiment directory dir as name; nil
+	// means casfs's: mkdir dir/.snapshots/name.
+	TakeSnapshot func(dir, name string) error
 	// Parallel saves the nodes of each host at once (true), or one after
 	// another (for comparison).
 	Sequential bool
@@ -553,8 +556,12 @@ func (c *Coordinator) Swapout(ctx context.Context, k Key, opts SwapoutOptions) (
 		name = strings.ReplaceAll(name, ".", "")
 	}
 	snap := filepath.Join(dir, ".snapshots", name)
-	if err := os.Mkdir(snap, 0o755); err != nil {
-		return nil, undo(StepSnapshot, "", "", fmt.Errorf("mkdir %s: %w", snap, err))
+	take := c.TakeSnapshot
+	if take == nil {
+		take = func(dir, name string) error { return os.Mkdir(filepath.Join(dir, ".snapshots", name), 0o755) }
+	}
+	if err := take(dir, name); err != nil {
+		return nil, undo(StepSnapshot, "", "", fmt.Errorf("snapshot %s of %s: %w (is it on casfs?)", name, dir, err))
 	}
 	t = phase("manifest+snapshot", t)
 	if err := VerifySnapshot(snap); err != nil {
