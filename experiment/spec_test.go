@@ -1,9 +1,11 @@
 package experiment
 
 import (
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -199,4 +201,53 @@ func TestParseSize(t *testing.T) {
 			t.Errorf("ParseSize(%q) accepted", in)
 		}
 	}
+}
+
+// The JSON schema for editors names every field the parser knows, and no
+// other: a field added to one and not the other fails here.
+func TestSchemaMatchesSpec(t *testing.T) {
+	b, err := os.ReadFile("../docs/experiment.schema.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var schema struct {
+		Properties map[string]any `json:"properties"`
+		Defs       map[string]struct {
+			Properties map[string]any `json:"properties"`
+		} `json:"$defs"`
+	}
+	if err := json.Unmarshal(b, &schema); err != nil {
+		t.Fatal(err)
+	}
+	check := func(what string, props map[string]any, typ reflect.Type) {
+		fields := map[string]bool{}
+		var collect func(reflect.Type)
+		collect = func(t reflect.Type) {
+			for i := 0; i < t.NumField(); i++ {
+				f := t.Field(i)
+				if f.Anonymous {
+					collect(f.Type)
+					continue
+				}
+				if tag, _, _ := strings.Cut(f.Tag.Get("yaml"), ","); tag != "" && tag != "-" {
+					fields[tag] = true
+				}
+			}
+		}
+		collect(typ)
+		for f := range fields {
+			if _, ok := props[f]; !ok {
+				t.Errorf("%s: field %q is missing from the schema", what, f)
+			}
+		}
+		for p := range props {
+			if !fields[p] {
+				t.Errorf("%s: the schema has %q, which the parser does not know", what, p)
+			}
+		}
+	}
+	check("experiment", schema.Properties, reflect.TypeOf(Spec{}))
+	check("node", schema.Defs["nodeSpec"].Properties, reflect.TypeOf(NodeSpec{}))
+	check("lan", schema.Defs["lan"].Properties, reflect.TypeOf(LAN{}))
+	check("member", schema.Defs["member"].Properties, reflect.TypeOf(Member{}))
 }
