@@ -97,6 +97,49 @@ func TestSwapoutVerifiedThenDestroyed(t *testing.T) {
 	}
 }
 
+// preflightMachine is a fakeMachine with a Preflight check.
+type preflightMachine struct {
+	*fakeMachine
+	err error
+}
+
+func (m preflightMachine) Preflight(context.Context) error {
+	m.events = append(m.events, "preflight")
+	return m.err
+}
+
+// TestSwapoutPreflight: Swapout runs the Machine's checks before pausing; a
+// failed check never pauses the VM.
+func TestSwapoutPreflight(t *testing.T) {
+	m := preflightMachine{newFake(t, 4096), nil}
+	if _, err := Swapout(context.Background(), m, filepath.Join(t.TempDir(), "s"), SwapoutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(m.events, ","); got != "preflight,pause,save,destroy" {
+		t.Fatalf("events %s", got)
+	}
+
+	m = preflightMachine{newFake(t, 4096), errors.New("mode not supported")}
+	dir := filepath.Join(t.TempDir(), "s")
+	_, err := Swapout(context.Background(), m, dir, SwapoutOptions{})
+	var se *StepError
+	if !errors.As(err, &se) || se.Step != StepPreflight || se.Paused || IsPaused(err) || !errors.Is(err, m.err) {
+		t.Fatalf("err %v", err)
+	}
+	if !strings.Contains(err.Error(), "not paused") {
+		t.Errorf("error does not say the VM runs on: %v", err)
+	}
+	if got := strings.Join(m.events, ","); got != "preflight" {
+		t.Fatalf("events %s (paused after a failed preflight?)", got)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+		t.Fatalf("files after a failed preflight: %v", ents)
+	}
+	if err := Preflight(context.Background(), newFake(t, 4096)); err != nil {
+		t.Fatalf("Preflight of a Machine without checks: %v", err)
+	}
+}
+
 func TestSwapoutKeep(t *testing.T) {
 	m := newFake(t, 4096)
 	if _, err := Swapout(context.Background(), m, filepath.Join(t.TempDir(), "s"), SwapoutOptions{Keep: true}); err != nil {
