@@ -604,7 +604,7 @@ func (m *Machine) Save(ctx context.Context, dir string, p hypervisor.Progress) (
 	if err != nil {
 		return hypervisor.Saved{}, err
 	}
-	return hypervisor.Saved{Driver: "qemu", Mode: mode, Files: files, Config: raw, GuestTime: gt}, nil
+	return hypervisor.Saved{Driver: DriverName, Mode: mode, Files: files, Config: raw, GuestTime: gt}, nil
 }
 
 func sanitize(s string) string {

@@ -75,7 +75,7 @@ func Restore(ctx context.Context, dir string, opts RestoreOptions) (*Machine, er
 	if err != nil {
 		return nil, err
 	}
-	if man.Driver != "qemu" {
+	if man.Driver != DriverName {
 		return nil, fmt.Errorf("snapshot %s was made by driver %q, not qemu", dir, man.Driver)
 	}
 	var cfg savedConfig

@@ -199,7 +199,7 @@ func (m *Machine) Save(ctx context.Context, dir string, p hypervisor.Progress) (
 	if err != nil {
 		return hypervisor.Saved{}, err
 	}
-	return hypervisor.Saved{Driver: "xen", Mode: ModeXLSave, Files: files, Config: raw}, nil
+	return hypervisor.Saved{Driver: DriverName, Mode: ModeXLSave, Files: files, Config: raw}, nil
 }
 
 // RestoreOptions configure Restore.
@@ -232,7 +232,7 @@ func Restore(ctx context.Context, dir string, opts RestoreOptions) (*Machine, er
 	if err != nil {
 		return nil, err
 	}
-	if man.Driver != "xen" || man.Mode != ModeXLSave {
+	if man.Driver != DriverName || man.Mode != ModeXLSave {
 		return nil, fmt.Errorf("snapshot %s was made by %s/%s, not xen/%s", dir, man.Driver, man.Mode, ModeXLSave)
 	}
 	var cfg savedConfig

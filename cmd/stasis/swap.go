@@ -204,7 +204,7 @@ func runSwapout(ctx context.Context, opts *swapOptions, _ []string) error {
 	} else {
 		sum.Note = "not on casfs: no upload statistics"
 	}
-	if opts.removeLocal && !opts.keep && res.Manifest.Driver == "qemu" {
+	if opts.removeLocal && !opts.keep && res.Manifest.Driver == qemuhook.DriverName {
 		if err := qemuhook.RemoveLocal(res.Manifest); err != nil {
 			log.Warn("removing local files", "err", err)
 		}
@@ -224,25 +224,21 @@ func runSwapin(ctx context.Context, opts *swapOptions, _ []string) error {
 	}
 	p := opts.progress()
 	sum := swapSummary{Op: "swapin", Dir: opts.from, Driver: man.Driver, Mode: man.Mode, Bytes: man.Bytes()}
-	switch man.Driver {
-	case "qemu":
-		m, err := qemuhook.Restore(ctx, opts.from, qemuhook.RestoreOptions{
-			LocalDir: opts.localDir, Overwrite: opts.overwrite, LazyDisk: opts.lazyDisk, Paused: opts.paused, Log: opts.qemuLog, Progress: p, Logger: log})
-		finishBar(p)
-		if err != nil {
-			return fmt.Errorf("swapin: %w", err)
-		}
-		sum.Pid = m.Pid()
-		m.Close()
-	case "xen":
-		_, err := xenhook.Restore(ctx, opts.from, xenhook.RestoreOptions{
-			XL: opts.xl, LocalDir: opts.localDir, Overwrite: opts.overwrite, Paused: opts.paused, Progress: p, Logger: log})
-		finishBar(p)
-		if err != nil {
-			return fmt.Errorf("swapin: %w", err)
-		}
-	default:
-		return fmt.Errorf("swapin: snapshot made by unknown driver %q", man.Driver)
+	m, err := hypervisor.Restore(ctx, opts.from, hypervisor.RestoreOptions{
+		LocalDir: opts.localDir, Overwrite: opts.overwrite, LazyDisk: opts.lazyDisk, Paused: opts.paused, Log: opts.qemuLog,
+		Progress: p, Logger: log,
+		DriverOptions: map[string]any{xenhook.DriverName: xenhook.DriverOptions{XL: opts.xl}},
+	})
+	finishBar(p)
+	if err != nil {
+		return fmt.Errorf("swapin: %w", err)
+	}
+	if pm, ok := m.(interface{ Pid() int }); ok {
+		sum.Pid = pm.Pid()
+	}
+	// The VM runs on without us: drop our connection to it, if any.
+	if c, ok := m.(io.Closer); ok {
+		c.Close()
 	}
 	sum.Elapsed = time.Since(start).Seconds()
 	if !man.GuestTime.IsZero() {

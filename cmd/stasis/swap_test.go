@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"stasis/hypervisor"
 	"stasis/internal/testguest"
 )
 
@@ -79,8 +80,12 @@ func TestSwapCLIQEMU(t *testing.T) {
 	}
 }
 
-// TestSwapCLIXen drives the Xen path with the stand-in xl.
+// TestSwapCLIXen drives the Xen path with the stand-in xl; swapin finds
+// the xen driver through hypervisor.Restore and passes it --xl.
 func TestSwapCLIXen(t *testing.T) {
+	if got := strings.Join(hypervisor.Drivers(), ","); got != "qemu,xen" {
+		t.Fatalf("registered drivers %s, want qemu,xen", got)
+	}
 	xl, _ := filepath.Abs("../../xenhook/testdata/xl")
 	d := t.TempDir()
 	t.Setenv("XL_LOG", filepath.Join(d, "xl.log"))
