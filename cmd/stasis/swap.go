@@ -69,11 +69,14 @@ func init() {
 	swapoutCmd := &cobra.Command{
 		Use:   "swapout (--qmp SOCK | --xen DOMAIN) --to DIR",
 		Short: "Save a VM's memory, device state and disk delta into DIR (on casfs) and destroy it",
-		Long: `swapout pauses the VM, saves its memory and device state and its qcow2 disk
+		Long: `swapout first checks what can fail before pausing (the capture mode fits
+this QEMU and VM, the VM can be saved); if a check fails the VM runs on.
+It then pauses the VM, saves its memory and device state and its qcow2 disk
 delta into DIR (normally a directory on casfs), fsyncs everything, writes
 DIR/manifest.json, verifies the snapshot by reading it back, and only then
-destroys the VM. On any failure the VM is left paused and intact and the
-error names the failed step; resume it with QMP "cont" (or xl unpause).
+destroys the VM. On any failure after pausing the VM is left paused and
+intact and the error names the failed step; continue it with
+"stasis resume --qmp SOCK" (or xl unpause).
 
 The snapshot holds the QEMU command line, so "stasis swapin --from DIR"
 needs nothing else.`,
@@ -103,7 +106,13 @@ verification (every file's size and BLAKE3 checksum), copies the disk delta
 (and, in ram-file mode, the RAM image) to local files, starts the hypervisor
 from the saved configuration with the guest clock continuing from where it
 stopped, loads the memory while checking its checksum, and resumes the VM.
-QEMU runs detached; its QMP socket is the one it had before.`,
+The driver (qemu, xen) is the one the manifest names. QEMU runs detached;
+its QMP socket is the one it had before.
+
+swapin never takes over what may belong to a live VM: the local files are
+created exclusively (of two concurrent swapins into the same place exactly
+one succeeds), and a QMP socket that still answers is refused, naming the
+pid behind it.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts.out, opts.errOut = cmd.OutOrStdout(), cmd.ErrOrStderr()
