@@ -171,8 +171,8 @@ func TestSwapoutPreflight(t *testing.T) {
 	if !errors.As(err, &se) || se.Step != StepPreflight || se.Paused || IsPaused(err) || !errors.Is(err, m.err) {
 		t.Fatalf("err %v", err)
 	}
-	if !strings.Contains(err.Error(), "not paused") {
-		t.Errorf("error does not say the VM runs on: %v", err)
+	if !strings.Contains(err.Error(), "did not pause") {
+		t.Errorf("error does not say the VM was left as it was: %v", err)
 	}
 	if got := strings.Join(m.events, ","); got != "preflight" {
 		t.Fatalf("events %s (paused after a failed preflight?)", got)

@@ -24,7 +24,8 @@ const (
 
 // StepError is a failed swapout step. Paused tells whether the VM was left
 // paused and intact (every step after pause except destroy): the caller can
-// Resume it. A preflight failure has Paused false: the VM was never paused.
+// Resume it. A preflight failure has Paused false: Swapout never paused the
+// VM, which is left in whatever state it was.
 type StepError struct {
 	Step   string
 	Paused bool
@@ -37,7 +38,7 @@ func (e *StepError) Error() string {
 	case e.Paused:
 		s += " (the VM is paused and intact; resume it or retry)"
 	case e.Step == StepPreflight:
-		s += " (the VM was not paused and runs on)"
+		s += " (swapout did not pause the VM; it is left as it was)"
 	}
 	return s
 }

@@ -410,9 +410,10 @@ func (m *Machine) captureMode(ctx context.Context, mon *monitor) (mode, ramPath 
 }
 
 // saveableStates are the run states Save can migrate from: Swapout pauses a
-// running VM; a paused one (also after a kept snapshot, "postmigrate") or
-// one not yet started ("prelaunch") saves as it is.
-var saveableStates = map[string]bool{"running": true, "paused": true, "postmigrate": true, "prelaunch": true}
+// running VM; a paused one or one not yet started ("prelaunch") saves as it
+// is. Not "postmigrate" (paused after a completed save, e.g. a kept
+// snapshot): QEMU refuses to migrate it again until it has been resumed.
+var saveableStates = map[string]bool{"running": true, "paused": true, "prelaunch": true}
 
 // Preflight implements hypervisor.Preflighter: QMP answers, the VM is in a
 // state that can be saved with no migration in progress, the capture mode
@@ -429,7 +430,10 @@ func (m *Machine) Preflight(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if !saveableStates[st] {
+	switch {
+	case st == "postmigrate":
+		return fmt.Errorf("the VM is paused after a completed save (%q); QEMU saves it again only after it has been resumed", st)
+	case !saveableStates[st]:
 		return fmt.Errorf("the VM is %q, not a state it can be saved from", st)
 	}
 	var mi migrationInfo

@@ -262,6 +262,13 @@ func TestCheckpointKeepResume(t *testing.T) {
 	if st, err := m.Status(ctx); err != nil || st == "running" {
 		t.Fatalf("status after a kept snapshot: %q %v", st, err)
 	}
+	// QEMU cannot save it again before it has run: preflight says so, and
+	// a swapout leaves it as it is.
+	_, err := hypervisor.Swapout(ctx, m, filepath.Join(t.TempDir(), "again"), hypervisor.SwapoutOptions{Keep: true})
+	var se *hypervisor.StepError
+	if !errors.As(err, &se) || se.Step != hypervisor.StepPreflight || !strings.Contains(err.Error(), "postmigrate") {
+		t.Fatalf("second swapout of a kept VM: %v", err)
+	}
 	before := v.lastTick(t)
 	if err := m.Resume(ctx); err != nil {
 		t.Fatal(err)
