@@ -24,10 +24,12 @@
 //
 // # Safety
 //
-// Swapout pauses the VM, saves it, fsyncs every file, writes the manifest,
-// verifies the snapshot by reading it back, and only then destroys the VM.
-// Any failure leaves the VM paused and intact and returns a *StepError naming
-// the step; Machine.Resume brings the VM back.
+// Swapout first runs the checks that can fail before pausing (Preflighter),
+// so a VM that cannot be saved is never paused. It then pauses the VM, saves
+// it, fsyncs every file, writes the manifest, verifies the snapshot by
+// reading it back, and only then destroys the VM. Any failure after the
+// pause leaves the VM paused and intact and returns a *StepError naming the
+// step; Machine.Resume brings the VM back.
 package hypervisor
 
 import (
@@ -54,6 +56,30 @@ type Machine interface {
 	// Destroy ends the VM. Swapout calls it only after the snapshot has been
 	// verified.
 	Destroy(ctx context.Context) error
+}
+
+// Preflighter is an optional interface of a Machine: the checks that can
+// tell, before the VM is paused, that Save would fail (the capture mode is
+// one this hypervisor and this VM support, the control channel answers,
+// the VM is in a state that can be saved, the files Save copies are
+// readable). Swapout calls it before Pause; an experiment calls it on every
+// VM before pausing any.
+//
+// Preflight has no side effect on the guest: it never pauses, resumes,
+// migrates or changes settings, and the VM runs on as if it had not been
+// called. A non-nil error means Save would fail; nil is no promise that it
+// succeeds (the disk may fill up, the hypervisor may refuse later).
+type Preflighter interface {
+	Preflight(ctx context.Context) error
+}
+
+// Preflight runs m's Preflight if it has one (see Preflighter); a Machine
+// without one passes.
+func Preflight(ctx context.Context, m Machine) error {
+	if pf, ok := m.(Preflighter); ok {
+		return pf.Preflight(ctx)
+	}
+	return nil
 }
 
 // Saved describes what Machine.Save wrote.

@@ -14,13 +14,20 @@ import (
 	"time"
 )
 
-// fakeMachine is an in-memory VM: its "memory" is a byte slice.
+// fakeMachine is an in-memory VM: its "memory" is a byte slice. It records
+// what was done to it in events; Destroy records "destroy" only if the
+// snapshot in the directory Save wrote verifies at that moment
+// ("destroy-unverified" otherwise).
 type fakeMachine struct {
-	mem     []byte
-	disk    []byte
-	events  []string
-	saveErr error
-	guest   time.Time
+	mem               []byte
+	disk              []byte
+	events            []string
+	saveErr           error
+	guest             time.Time
+	dir               string           // set by Save
+	prog              *recordProgress  // if set, Destroy notes how much it had verified
+	afterSave         func(dir string) // fault injection after every file is committed
+	verifiedAtDestroy int64
 }
 
 func (m *fakeMachine) Pause(context.Context) error { m.events = append(m.events, "pause"); return nil }
@@ -29,12 +36,20 @@ func (m *fakeMachine) Resume(context.Context) error {
 	return nil
 }
 func (m *fakeMachine) Destroy(context.Context) error {
+	if _, err := Verify(m.dir, nil); err != nil {
+		m.events = append(m.events, "destroy-unverified")
+		return nil
+	}
+	if m.prog != nil {
+		m.verifiedAtDestroy = m.prog.verified
+	}
 	m.events = append(m.events, "destroy")
 	return nil
 }
 
 func (m *fakeMachine) Save(ctx context.Context, dir string, p Progress) (Saved, error) {
 	m.events = append(m.events, "save")
+	m.dir = dir
 	var files []File
 	for _, f := range []struct {
 		name, role string
@@ -58,7 +73,31 @@ func (m *fakeMachine) Save(ctx context.Context, dir string, p Progress) (Saved, 
 		}
 		files = append(files, fe)
 	}
+	if m.afterSave != nil {
+		m.afterSave(dir)
+	}
 	return Saved{Driver: "fake", Mode: "test", Files: files, Config: json.RawMessage(`{"x":1}`), GuestTime: m.guest}, nil
+}
+
+// recordProgress records the phases Swapout reports as events of m and
+// counts the bytes of the "verify" phase.
+type recordProgress struct {
+	m        *fakeMachine
+	phase    string
+	verified int64
+}
+
+func (p *recordProgress) Start(phase string, _ int64) {
+	p.phase = phase
+	if phase == "verify" {
+		p.m.events = append(p.m.events, "verify")
+	}
+}
+
+func (p *recordProgress) Add(n int64) {
+	if p.phase == "verify" {
+		p.verified += n
+	}
 }
 
 func newFake(t *testing.T, n int) *fakeMachine {
@@ -70,16 +109,22 @@ func newFake(t *testing.T, n int) *fakeMachine {
 
 func TestSwapoutVerifiedThenDestroyed(t *testing.T) {
 	m := newFake(t, 1<<20)
+	m.prog = &recordProgress{m: m}
 	dir := filepath.Join(t.TempDir(), "snap")
-	res, err := Swapout(context.Background(), m, dir, SwapoutOptions{})
+	res, err := Swapout(context.Background(), m, dir, SwapoutOptions{Progress: m.prog})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := strings.Join(m.events, ","); got != "pause,save,destroy" {
+	// Destroy came after the whole snapshot was read back, and the
+	// snapshot verified when it was called.
+	if got := strings.Join(m.events, ","); got != "pause,save,verify,destroy" {
 		t.Fatalf("events %s", got)
 	}
 	if res.Bytes != 1<<20+1<<19 {
 		t.Fatalf("bytes %d", res.Bytes)
+	}
+	if m.verifiedAtDestroy != res.Bytes {
+		t.Fatalf("destroyed after verifying %d of %d bytes", m.verifiedAtDestroy, res.Bytes)
 	}
 	man, err := Verify(dir, nil)
 	if err != nil {
@@ -94,6 +139,49 @@ func TestSwapoutVerifiedThenDestroyed(t *testing.T) {
 	b, _ := os.ReadFile(filepath.Join(dir, "memory"))
 	if !bytes.Equal(b, m.mem) {
 		t.Fatal("memory file differs")
+	}
+}
+
+// preflightMachine is a fakeMachine with a Preflight check.
+type preflightMachine struct {
+	*fakeMachine
+	err error
+}
+
+func (m preflightMachine) Preflight(context.Context) error {
+	m.events = append(m.events, "preflight")
+	return m.err
+}
+
+// TestSwapoutPreflight: Swapout runs the Machine's checks before pausing; a
+// failed check never pauses the VM.
+func TestSwapoutPreflight(t *testing.T) {
+	m := preflightMachine{newFake(t, 4096), nil}
+	if _, err := Swapout(context.Background(), m, filepath.Join(t.TempDir(), "s"), SwapoutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(m.events, ","); got != "preflight,pause,save,destroy" {
+		t.Fatalf("events %s", got)
+	}
+
+	m = preflightMachine{newFake(t, 4096), errors.New("mode not supported")}
+	dir := filepath.Join(t.TempDir(), "s")
+	_, err := Swapout(context.Background(), m, dir, SwapoutOptions{})
+	var se *StepError
+	if !errors.As(err, &se) || se.Step != StepPreflight || se.Paused || IsPaused(err) || !errors.Is(err, m.err) {
+		t.Fatalf("err %v", err)
+	}
+	if !strings.Contains(err.Error(), "did not pause") {
+		t.Errorf("error does not say the VM was left as it was: %v", err)
+	}
+	if got := strings.Join(m.events, ","); got != "preflight" {
+		t.Fatalf("events %s (paused after a failed preflight?)", got)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+		t.Fatalf("files after a failed preflight: %v", ents)
+	}
+	if err := Preflight(context.Background(), newFake(t, 4096)); err != nil {
+		t.Fatalf("Preflight of a Machine without checks: %v", err)
 	}
 }
 
@@ -134,6 +222,67 @@ func TestSwapoutSaveFailureLeavesPaused(t *testing.T) {
 	}
 	if _, err := ReadManifest(dir); !errors.Is(err, ErrIncomplete) {
 		t.Fatalf("ReadManifest of failed snapshot: %v", err)
+	}
+}
+
+// TestSwapoutManifestFailure: when manifest.json cannot be written the VM
+// is neither destroyed nor resumed, and nothing is left that could be
+// taken for a snapshot.
+func TestSwapoutManifestFailure(t *testing.T) {
+	m := newFake(t, 64<<10)
+	// A directory where WriteManifest puts its temporary file: the open
+	// fails (also for root, unlike a read-only directory).
+	m.afterSave = func(dir string) { os.Mkdir(filepath.Join(dir, "."+ManifestName+".tmp"), 0o755) }
+	dir := filepath.Join(t.TempDir(), "s")
+	_, err := Swapout(context.Background(), m, dir, SwapoutOptions{})
+	checkFailedAfterSave(t, m, dir, err, StepManifest, nil)
+}
+
+// TestSwapoutVerifyFailure: a file that changes after Save committed it
+// (a flipped byte, as a bad disk or a buggy filesystem would) fails
+// verification, and the VM is neither destroyed nor resumed.
+func TestSwapoutVerifyFailure(t *testing.T) {
+	for _, name := range []string{"memory", "disk.qcow2"} {
+		t.Run(name, func(t *testing.T) {
+			m := newFake(t, 64<<10)
+			m.afterSave = func(dir string) {
+				f, err := os.OpenFile(filepath.Join(dir, name), os.O_RDWR, 0)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				defer f.Close()
+				b := make([]byte, 1)
+				f.ReadAt(b, 100)
+				f.WriteAt([]byte{b[0] ^ 0x01}, 100)
+			}
+			dir := filepath.Join(t.TempDir(), "s")
+			_, err := Swapout(context.Background(), m, dir, SwapoutOptions{})
+			checkFailedAfterSave(t, m, dir, err, StepVerify, ErrCorrupt)
+		})
+	}
+}
+
+// checkFailedAfterSave checks a swapout that failed at step after Save: a
+// StepError with Paused set (wrapping want, if given), the VM paused but
+// not destroyed or resumed, and no manifest.json in dir.
+func checkFailedAfterSave(t *testing.T, m *fakeMachine, dir string, err error, step string, want error) {
+	t.Helper()
+	var se *StepError
+	if !errors.As(err, &se) || se.Step != step || !se.Paused || !IsPaused(err) {
+		t.Fatalf("err %v, want a StepError at %s with the VM paused", err, step)
+	}
+	if want != nil && !errors.Is(err, want) {
+		t.Fatalf("err %v, want %v", err, want)
+	}
+	if got := strings.Join(m.events, ","); got != "pause,save" {
+		t.Fatalf("events %s, want pause,save (destroyed or resumed after a failed %s?)", got, step)
+	}
+	if _, err := os.Stat(filepath.Join(dir, ManifestName)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("%s after a failed %s: %v", ManifestName, step, err)
+	}
+	if _, err := ReadManifest(dir); !errors.Is(err, ErrIncomplete) {
+		t.Fatalf("ReadManifest after a failed %s: %v", step, err)
 	}
 }
 

@@ -331,11 +331,6 @@ func (r *VerifiedReader) Close() error { return r.f.Close() }
 // blocks become holes), verifying it on the way. On a verification error
 // the partial copy is removed.
 func CopyOut(dir string, want File, dst string, p Progress) (err error) {
-	r, err := OpenVerified(dir, want)
-	if err != nil {
-		return err
-	}
-	defer r.Close()
 	out, err := os.OpenFile(dst, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
 	if err != nil {
 		return err
@@ -348,6 +343,18 @@ func CopyOut(dir string, want File, dst string, p Progress) (err error) {
 			os.Remove(dst)
 		}
 	}()
+	return CopyOutTo(dir, want, out, p)
+}
+
+// CopyOutTo is CopyOut into an open, empty file (one a restore claimed with
+// ClaimLocal): sparse, verified, and out truncated to the file's size. On
+// failure out holds a partial copy; the caller removes it.
+func CopyOutTo(dir string, want File, out *os.File, p Progress) error {
+	r, err := OpenVerified(dir, want)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
 	p = orNop(p)
 	buf := make([]byte, 1<<20)
 	var off int64

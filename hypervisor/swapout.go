@@ -13,17 +13,19 @@ import (
 
 // Swapout steps, as named in a StepError.
 const (
-	StepPrepare  = "prepare"
-	StepPause    = "pause"
-	StepSave     = "save"
-	StepManifest = "manifest"
-	StepVerify   = "verify"
-	StepDestroy  = "destroy"
+	StepPrepare   = "prepare"
+	StepPreflight = "preflight"
+	StepPause     = "pause"
+	StepSave      = "save"
+	StepManifest  = "manifest"
+	StepVerify    = "verify"
+	StepDestroy   = "destroy"
 )
 
 // StepError is a failed swapout step. Paused tells whether the VM was left
 // paused and intact (every step after pause except destroy): the caller can
-// Resume it.
+// Resume it. A preflight failure has Paused false: Swapout never paused the
+// VM, which is left in whatever state it was.
 type StepError struct {
 	Step   string
 	Paused bool
@@ -32,8 +34,11 @@ type StepError struct {
 
 func (e *StepError) Error() string {
 	s := fmt.Sprintf("swapout failed at %s: %v", e.Step, e.Err)
-	if e.Paused {
+	switch {
+	case e.Paused:
 		s += " (the VM is paused and intact; resume it or retry)"
+	case e.Step == StepPreflight:
+		s += " (swapout did not pause the VM; it is left as it was)"
 	}
 	return s
 }
@@ -62,10 +67,13 @@ type SwapoutResult struct {
 	VerifyTime time.Duration // reading the snapshot back
 }
 
-// Swapout saves m into dir and destroys it, in this order: pause, save
+// Swapout saves m into dir and destroys it, in this order: preflight (the
+// Machine's checks, if it is a Preflighter, while the VM still runs), pause, save
 // (memory and device state, disk deltas; every file fsynced), write
 // manifest.json (fsync, atomic rename), verify by reading everything back,
-// destroy. dir must not exist or be empty. On any failure after pause the
+// destroy. dir must not exist or be empty. A failure of prepare or
+// preflight is a *StepError with Paused false: the VM was never paused and
+// runs on. On any failure after pause the
 // VM stays paused and intact, the partial snapshot is removed (best
 // effort), and the error is a *StepError.
 //
@@ -75,6 +83,10 @@ func Swapout(ctx context.Context, m Machine, dir string, opts SwapoutOptions) (*
 	log := opts.logger()
 	if err := prepareDir(dir); err != nil {
 		return nil, &StepError{Step: StepPrepare, Err: err}
+	}
+	if err := Preflight(ctx, m); err != nil {
+		log.Error("swapout: preflight failed; the VM was not paused", "err", err)
+		return nil, &StepError{Step: StepPreflight, Err: err}
 	}
 	paused := time.Now()
 	if err := m.Pause(ctx); err != nil {

@@ -111,7 +111,10 @@ type Machine struct {
 	ramPath string
 }
 
-var _ hypervisor.Machine = (*Machine)(nil)
+var (
+	_ hypervisor.Machine     = (*Machine)(nil)
+	_ hypervisor.Preflighter = (*Machine)(nil)
+)
 
 // Connect attaches to a running QEMU.
 func Connect(ctx context.Context, cfg Config) (*Machine, error) {
@@ -385,6 +388,102 @@ func procInfo(pid int) (argv []string, cwd string, err error) {
 	return argv, cwd, nil
 }
 
+// captureMode resolves the configured capture mode for this QEMU and this
+// VM: ModeAuto becomes ModeStream; ram-file needs the shared RAM backend
+// (whose path and size it returns), mapped-ram QEMU >= 9. It only reads.
+func (m *Machine) captureMode(ctx context.Context, mon *monitor) (mode, ramPath string, ramSize int64, err error) {
+	mode = m.cfg.Mode
+	switch mode {
+	case ModeAuto:
+		mode = ModeStream
+	case ModeRAMFile:
+		var ok bool
+		if ramPath, ramSize, ok = ramBackend(ctx, mon); !ok {
+			return "", "", 0, fmt.Errorf("%w: ram-file needs the guest RAM in a shared memory-backend-file (-object memory-backend-file,share=on,mem-path=FILE -machine memory-backend=ID)", ErrUnsupported)
+		}
+	case ModeMappedRAM:
+		if !mon.atLeast(9, 0) {
+			return "", "", 0, fmt.Errorf("%w: mapped-ram needs QEMU >= 9, this is %d.%d.%d", ErrUnsupported, mon.version[0], mon.version[1], mon.version[2])
+		}
+	}
+	return mode, ramPath, ramSize, nil
+}
+
+// saveableStates are the run states Save can migrate from: Swapout pauses a
+// running VM; a paused one or one not yet started ("prelaunch") saves as it
+// is. Not "postmigrate" (paused after a completed save, e.g. a kept
+// snapshot): QEMU refuses to migrate it again until it has been resumed.
+var saveableStates = map[string]bool{"running": true, "paused": true, "prelaunch": true}
+
+// Preflight implements hypervisor.Preflighter: QMP answers, the VM is in a
+// state that can be saved with no migration in progress, the capture mode
+// fits this QEMU and VM (ram-file: the shared RAM backend; mapped-ram: QEMU
+// >= 9), QEMU's command line and working directory are readable, and every
+// writable disk image Save would copy exists. It only queries QEMU and
+// stats files: the guest runs on untouched.
+func (m *Machine) Preflight(ctx context.Context) error {
+	mon, err := m.conn(ctx)
+	if err != nil {
+		return err
+	}
+	st, err := mon.status(ctx)
+	if err != nil {
+		return err
+	}
+	switch {
+	case st == "postmigrate":
+		return fmt.Errorf("the VM is paused after a completed save (%q); QEMU saves it again only after it has been resumed", st)
+	case !saveableStates[st]:
+		return fmt.Errorf("the VM is %q, not a state it can be saved from", st)
+	}
+	var mi migrationInfo
+	if err := mon.run(ctx, "query-migrate", nil, &mi, nil); err != nil {
+		return err
+	}
+	switch mi.Status {
+	case "", "none", "completed", "failed", "cancelled":
+	default:
+		return fmt.Errorf("a migration is in progress (%s)", mi.Status)
+	}
+	if _, _, _, err := m.captureMode(ctx, mon); err != nil {
+		return err
+	}
+	_, cwd, err := procInfo(m.pid)
+	if err != nil {
+		return err
+	}
+	var blocks []blockInfo
+	if err := mon.run(ctx, "query-block", nil, &blocks, nil); err != nil {
+		return err
+	}
+	for _, b := range writableDisks(blocks) {
+		if _, err := os.Stat(localPath(b.Inserted.File, cwd)); err != nil {
+			return fmt.Errorf("disk %s: %w", b.Device, err)
+		}
+	}
+	return nil
+}
+
+// writableDisks are the images Save copies: writable, and local files (not
+// nbd:, ...).
+func writableDisks(blocks []blockInfo) []blockInfo {
+	var w []blockInfo
+	for _, b := range blocks {
+		if b.Inserted != nil && !b.Inserted.RO && b.Inserted.File != "" && !strings.Contains(b.Inserted.File, ":") {
+			w = append(w, b)
+		}
+	}
+	return w
+}
+
+// localPath resolves a path from QEMU's command line against its cwd.
+func localPath(p, cwd string) string {
+	if !filepath.IsAbs(p) {
+		return filepath.Join(cwd, p)
+	}
+	return p
+}
+
 // Save implements hypervisor.Machine: the VM must be paused.
 func (m *Machine) Save(ctx context.Context, dir string, p hypervisor.Progress) (hypervisor.Saved, error) {
 	p = hypervisor.OrNop(p)
@@ -416,18 +515,9 @@ func (m *Machine) Save(ctx context.Context, dir string, p hypervisor.Progress) (
 		return hypervisor.Saved{}, err
 	}
 
-	mode := m.cfg.Mode
-	ramPath, ramSize, haveRAMFile := "", int64(0), false
-	if mode == ModeRAMFile {
-		ramPath, ramSize, haveRAMFile = ramBackend(ctx, mon)
-	}
-	switch {
-	case mode == ModeAuto:
-		mode = ModeStream
-	case mode == ModeRAMFile && !haveRAMFile:
-		return hypervisor.Saved{}, fmt.Errorf("%w: ram-file needs the guest RAM in a shared memory-backend-file (-object memory-backend-file,share=on,mem-path=FILE -machine memory-backend=ID)", ErrUnsupported)
-	case mode == ModeMappedRAM && !mon.atLeast(9, 0):
-		return hypervisor.Saved{}, fmt.Errorf("%w: mapped-ram needs QEMU >= 9, this is %s", ErrUnsupported, cfg.QEMUVersion)
+	mode, ramPath, ramSize, err := m.captureMode(ctx, mon)
+	if err != nil {
+		return hypervisor.Saved{}, err
 	}
 	if err := mon.run(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": m.cfg.MaxBandwidth}, nil, nil); err != nil {
 		return hypervisor.Saved{}, err
@@ -489,12 +579,7 @@ func (m *Machine) Save(ctx context.Context, dir string, p hypervisor.Progress) (
 
 	// Disks: after the migration QEMU has flushed and handed over (inactivated)
 	// every image, so the overlays are stable.
-	var writable []blockInfo
-	for _, b := range blocks {
-		if b.Inserted != nil && !b.Inserted.RO && b.Inserted.File != "" && !strings.Contains(b.Inserted.File, ":") {
-			writable = append(writable, b)
-		}
-	}
+	writable := writableDisks(blocks)
 	for _, b := range writable {
 		in := b.Inserted
 		name := "disk.qcow2"
@@ -503,10 +588,7 @@ func (m *Machine) Save(ctx context.Context, dir string, p hypervisor.Progress) (
 		} else if in.Drv != "qcow2" {
 			name = "disk." + in.Drv
 		}
-		local := in.File
-		if !filepath.IsAbs(local) {
-			local = filepath.Join(cwd, local)
-		}
+		local := localPath(in.File, cwd)
 		fi, err := os.Stat(local)
 		if err != nil {
 			return hypervisor.Saved{}, fmt.Errorf("disk %s: %w", b.Device, err)
@@ -526,7 +608,7 @@ func (m *Machine) Save(ctx context.Context, dir string, p hypervisor.Progress) (
 	if err != nil {
 		return hypervisor.Saved{}, err
 	}
-	return hypervisor.Saved{Driver: "qemu", Mode: mode, Files: files, Config: raw, GuestTime: gt}, nil
+	return hypervisor.Saved{Driver: DriverName, Mode: mode, Files: files, Config: raw, GuestTime: gt}, nil
 }
 
 func sanitize(s string) string {

@@ -131,8 +131,11 @@ func TestSwapoutSwapinMappedRAM(t *testing.T) {
 	testRoundTrip(t, ModeMappedRAM, false, 0)
 }
 
-// TestModeUnsupported: asking for a mode the VM or QEMU cannot do fails
-// before anything is saved, and the VM is still paused and resumable.
+// TestModeUnsupported: asking for a mode the VM or QEMU cannot do fails in
+// Swapout's preflight, before the VM is paused: it is still running and
+// ticks on without a Resume. Save itself still refuses the mode when called
+// on a paused VM without preflight (Checkpoint), leaving it paused and
+// resumable.
 func TestModeUnsupported(t *testing.T) {
 	f := testguest.Require(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -144,15 +147,41 @@ func TestModeUnsupported(t *testing.T) {
 	}
 	for _, mode := range modes {
 		m := connect(t, ctx, v.g.QMP, mode)
-		_, err := hypervisor.Swapout(ctx, m, filepath.Join(t.TempDir(), "s"), hypervisor.SwapoutOptions{})
-		if !errors.Is(err, ErrUnsupported) || !hypervisor.IsPaused(err) {
-			t.Fatalf("%s: %v", mode, err)
+		if err := m.Preflight(ctx); !errors.Is(err, ErrUnsupported) {
+			t.Fatalf("%s: Preflight: %v", mode, err)
+		}
+		snap := filepath.Join(t.TempDir(), "s")
+		_, err := hypervisor.Swapout(ctx, m, snap, hypervisor.SwapoutOptions{})
+		var se *hypervisor.StepError
+		if !errors.As(err, &se) || se.Step != hypervisor.StepPreflight || se.Paused || !errors.Is(err, ErrUnsupported) {
+			t.Fatalf("%s: Swapout: %v", mode, err)
+		}
+		if st, err := m.Status(ctx); err != nil || st != "running" {
+			t.Fatalf("%s: status after a failed preflight %q %v, want running", mode, st, err)
 		}
 		before := v.lastTick(t)
+		tk, err := v.g.Console.WaitTick(ctx, nil)
+		if err != nil || tk.N != before.N+1 {
+			t.Fatalf("%s: guest not ticking after a failed preflight: %+v %v, before %+v", mode, tk, err, before)
+		}
+		v.last = tk
+
+		// Without preflight: Save refuses, the VM stays paused.
+		if err := m.Pause(ctx); err != nil {
+			t.Fatal(err)
+		}
+		_, err = hypervisor.Checkpoint(ctx, m, snap, time.Now(), hypervisor.SwapoutOptions{})
+		if !errors.Is(err, ErrUnsupported) || !hypervisor.IsPaused(err) {
+			t.Fatalf("%s: Checkpoint: %v", mode, err)
+		}
+		if st, err := m.Status(ctx); err != nil || st != "paused" {
+			t.Fatalf("%s: status after a failed save %q %v, want paused", mode, st, err)
+		}
+		before = v.lastTick(t)
 		if err := m.Resume(ctx); err != nil {
 			t.Fatal(err)
 		}
-		tk, err := v.g.Console.WaitTick(ctx, nil)
+		tk, err = v.g.Console.WaitTick(ctx, nil)
 		if err != nil || tk.N != before.N+1 {
 			t.Fatalf("%s: after resume %+v %v, before %+v", mode, tk, err, before)
 		}
@@ -232,6 +261,13 @@ func TestCheckpointKeepResume(t *testing.T) {
 	}
 	if st, err := m.Status(ctx); err != nil || st == "running" {
 		t.Fatalf("status after a kept snapshot: %q %v", st, err)
+	}
+	// QEMU cannot save it again before it has run: preflight says so, and
+	// a swapout leaves it as it is.
+	_, err := hypervisor.Swapout(ctx, m, filepath.Join(t.TempDir(), "again"), hypervisor.SwapoutOptions{Keep: true})
+	var se *hypervisor.StepError
+	if !errors.As(err, &se) || se.Step != hypervisor.StepPreflight || !strings.Contains(err.Error(), "postmigrate") {
+		t.Fatalf("second swapout of a kept VM: %v", err)
 	}
 	before := v.lastTick(t)
 	if err := m.Resume(ctx); err != nil {

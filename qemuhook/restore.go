@@ -25,7 +25,9 @@ type RestoreOptions struct {
 	// mode ram-file, its RAM file) under their original base names. Empty:
 	// their original paths.
 	LocalDir string
-	// Overwrite allows replacing local files that already exist.
+	// Overwrite allows replacing local files that already exist, except
+	// one a process holds locked (a live QEMU's disk image). It is not
+	// for concurrent restores into the same files.
 	Overwrite bool
 	// LazyDisk leaves each disk delta in the snapshot and starts the VM on a
 	// fresh local qcow2 overlay whose backing file is the snapshot's copy,
@@ -63,6 +65,13 @@ type RestoreOptions struct {
 // file's checksum is checked as it is read, and the guest never runs on
 // data that did not verify. On failure nothing is left running and the
 // local files it created are removed.
+//
+// Restore never reuses what may belong to a live VM or to another restore:
+// each local file is created exclusively (of two concurrent restores into
+// the same files exactly one succeeds; the other fails with an error
+// wrapping hypervisor.ErrInUse and removes nothing it did not create), and
+// a QMP socket that something still answers on is refused (ErrInUse, naming
+// the pid behind it); only a dead socket is removed.
 func Restore(ctx context.Context, dir string, opts RestoreOptions) (*Machine, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -75,7 +84,7 @@ func Restore(ctx context.Context, dir string, opts RestoreOptions) (*Machine, er
 	if err != nil {
 		return nil, err
 	}
-	if man.Driver != "qemu" {
+	if man.Driver != DriverName {
 		return nil, fmt.Errorf("snapshot %s was made by driver %q, not qemu", dir, man.Driver)
 	}
 	var cfg savedConfig
@@ -128,33 +137,35 @@ func Restore(ctx context.Context, dir string, opts RestoreOptions) (*Machine, er
 		jobs = append(jobs, copyJob{f, dst, false})
 		paths[cfg.RAMPath] = dst
 	}
-	for _, j := range jobs {
-		if _, err := os.Stat(j.dst); err == nil && !opts.Overwrite {
-			return nil, fmt.Errorf("restore would overwrite %s (remove it, choose another local directory, or allow overwriting)", j.dst)
-		}
+	// A QMP socket a live VM answers on is never taken over: refuse before
+	// touching any file (start checks again, under a lock).
+	if err := freeSocket(ctx, cfg.QMP); err != nil {
+		return nil, err
 	}
-	var created []string
-	cleanup := func() {
-		for _, c := range created {
-			os.Remove(c)
-		}
+	// Every local file is created exclusively, in a fixed order: of two
+	// restores into the same files exactly one gets them, and cleanup
+	// removes only what this restore created.
+	dsts := make([]string, len(jobs))
+	for i, j := range jobs {
+		dsts[i] = j.dst
 	}
-	for _, j := range jobs {
+	claimed, err := hypervisor.ClaimLocal(dsts, opts.Overwrite)
+	if err != nil {
+		return nil, err
+	}
+	cleanup := claimed.Remove
+	for i, j := range jobs {
 		p.Start(j.file.Role, j.file.Size)
-		if err := os.MkdirAll(filepath.Dir(j.dst), 0o755); err != nil {
-			cleanup()
-			return nil, err
-		}
 		if j.lazy {
+			// qemu-img writes the overlay into the file claimed for it.
 			if err := lazyOverlay(ctx, dir, j.file, j.dst); err != nil {
 				cleanup()
 				return nil, err
 			}
-		} else if err := hypervisor.CopyOut(dir, j.file, j.dst, p); err != nil {
+		} else if err := hypervisor.CopyOutTo(dir, j.file, claimed.File(i), p); err != nil {
 			cleanup()
 			return nil, err
 		}
-		created = append(created, j.dst)
 	}
 
 	// The memory image of mode mapped-ram is read by QEMU itself: verify it
@@ -217,6 +228,7 @@ func Restore(ctx context.Context, dir string, opts RestoreOptions) (*Machine, er
 		}
 	}
 	m.ramPath = paths[cfg.RAMPath]
+	claimed.Keep()
 	return m, nil
 }
 
@@ -316,8 +328,19 @@ func start(ctx context.Context, argv []string, cfg savedConfig, opts RestoreOpti
 			daemonize = true
 		}
 	}
-	// A stale socket from the previous QEMU must not be mistaken for ours.
-	os.Remove(cfg.QMP)
+	// Starting QEMUs whose QMP sockets share a directory take turns until
+	// the socket answers: QEMU unlinks whatever is at its socket path, so
+	// two starting at once would both pass the check below.
+	unlock, err := lockDir(ctx, filepath.Dir(cfg.QMP))
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	// A stale socket from the previous QEMU must not be mistaken for ours,
+	// and a live one must not be taken over.
+	if err := freeSocket(ctx, cfg.QMP); err != nil {
+		return nil, err
+	}
 	m := &Machine{cfg: Config{QMP: cfg.QMP, Logger: opts.Logger}}
 	m.cfg.validate()
 	if daemonize {
@@ -360,6 +383,61 @@ func start(ctx context.Context, argv []string, cfg savedConfig, opts RestoreOpti
 			return nil, fmt.Errorf("qemu did not open its QMP socket %s: %w", cfg.QMP, err)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// freeSocket makes sure a new QEMU may create its QMP socket at path:
+// nothing is there, or a socket nobody listens on any more (it is removed).
+// A socket that answers is refused, naming the pid of the process behind
+// it; so is anything else at path, or a socket whose state is unclear.
+func freeSocket(ctx context.Context, path string) error {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if fi.Mode().Type() != os.ModeSocket {
+		return fmt.Errorf("QMP path %s exists and is not a socket: %w; not replacing it", path, hypervisor.ErrInUse)
+	}
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	pid, err := peerPid(cctx, path)
+	cancel()
+	switch {
+	case err == nil:
+		return fmt.Errorf("QMP socket %s belongs to a live VM (qemu pid %d): %w; destroy that VM first or restore with another QMP path", path, pid, hypervisor.ErrInUse)
+	case errors.Is(err, syscall.ECONNREFUSED):
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("removing the stale QMP socket %s: %w", path, err)
+		}
+		return nil
+	}
+	return fmt.Errorf("QMP socket %s: cannot tell whether a VM still owns it (%w): %w", path, err, hypervisor.ErrInUse)
+}
+
+// lockDir takes an exclusive flock on dir, waiting for it while ctx lasts;
+// unlock releases it.
+func lockDir(ctx context.Context, dir string) (unlock func(), err error) {
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	for {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			return func() { f.Close() }, nil
+		}
+		if !errors.Is(err, unix.EWOULDBLOCK) {
+			f.Close()
+			return nil, fmt.Errorf("lock %s: %w", dir, err)
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, fmt.Errorf("waiting for the lock on %s: %w", dir, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
 	}
 }
 

@@ -199,7 +199,7 @@ func (m *Machine) Save(ctx context.Context, dir string, p hypervisor.Progress) (
 	if err != nil {
 		return hypervisor.Saved{}, err
 	}
-	return hypervisor.Saved{Driver: "xen", Mode: ModeXLSave, Files: files, Config: raw}, nil
+	return hypervisor.Saved{Driver: DriverName, Mode: ModeXLSave, Files: files, Config: raw}, nil
 }
 
 // RestoreOptions configure Restore.
@@ -232,7 +232,7 @@ func Restore(ctx context.Context, dir string, opts RestoreOptions) (*Machine, er
 	if err != nil {
 		return nil, err
 	}
-	if man.Driver != "xen" || man.Mode != ModeXLSave {
+	if man.Driver != DriverName || man.Mode != ModeXLSave {
 		return nil, fmt.Errorf("snapshot %s was made by %s/%s, not xen/%s", dir, man.Driver, man.Mode, ModeXLSave)
 	}
 	var cfg savedConfig
@@ -243,39 +243,37 @@ func Restore(ctx context.Context, dir string, opts RestoreOptions) (*Machine, er
 	if !ok {
 		return nil, &hypervisor.VerifyError{Dir: dir, Err: hypervisor.ErrIncomplete, Detail: "no save image"}
 	}
-	var created []string
-	cleanup := func() {
-		for _, c := range created {
-			os.Remove(c)
-		}
-	}
-	disks := make([]Disk, 0, len(cfg.Disks))
-	for _, d := range cfg.Disks {
-		var f hypervisor.File
+	// Every local disk is created exclusively, so two restores never share
+	// one and cleanup removes only what this restore created.
+	files := make([]hypervisor.File, len(cfg.Disks))
+	dsts := make([]string, len(cfg.Disks))
+	for i, d := range cfg.Disks {
 		for _, mf := range man.Files {
 			if mf.Name == cfg.DiskFiles[d.Vdev] {
-				f = mf
+				files[i] = mf
 			}
 		}
-		if f.Name == "" {
-			cleanup()
+		if files[i].Name == "" {
 			return nil, &hypervisor.VerifyError{Dir: dir, Err: hypervisor.ErrCorrupt, Detail: "disk " + d.Vdev + " not in the manifest"}
 		}
-		dst := d.Path
+		dsts[i] = d.Path
 		if opts.LocalDir != "" {
-			dst = filepath.Join(opts.LocalDir, filepath.Base(d.Path))
+			dsts[i] = filepath.Join(opts.LocalDir, filepath.Base(d.Path))
 		}
-		if _, err := os.Stat(dst); err == nil && !opts.Overwrite {
-			cleanup()
-			return nil, fmt.Errorf("restore would overwrite %s", dst)
-		}
-		p.Start("disk "+d.Vdev, f.Size)
-		if err := hypervisor.CopyOut(dir, f, dst, p); err != nil {
+	}
+	claimed, err := hypervisor.ClaimLocal(dsts, opts.Overwrite)
+	if err != nil {
+		return nil, err
+	}
+	cleanup := claimed.Remove
+	disks := make([]Disk, 0, len(cfg.Disks))
+	for i, d := range cfg.Disks {
+		p.Start("disk "+d.Vdev, files[i].Size)
+		if err := hypervisor.CopyOutTo(dir, files[i], claimed.File(i), p); err != nil {
 			cleanup()
 			return nil, err
 		}
-		created = append(created, dst)
-		disks = append(disks, Disk{Vdev: d.Vdev, Path: dst})
+		disks = append(disks, Disk{Vdev: d.Vdev, Path: dsts[i]})
 	}
 	args := []string{"restore", "-p", "-e"}
 	if cfg.DomainConfig != "" {
@@ -332,6 +330,8 @@ func Restore(ctx context.Context, dir string, opts RestoreOptions) (*Machine, er
 		cleanup()
 		return nil, fmt.Errorf("feeding the save image to xl: %w", ferr)
 	}
+	// The domain runs on these disks now, even if unpause fails.
+	claimed.Keep()
 	if !opts.Paused {
 		if err := m.Resume(ctx); err != nil {
 			return nil, err

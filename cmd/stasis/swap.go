@@ -69,11 +69,14 @@ func init() {
 	swapoutCmd := &cobra.Command{
 		Use:   "swapout (--qmp SOCK | --xen DOMAIN) --to DIR",
 		Short: "Save a VM's memory, device state and disk delta into DIR (on casfs) and destroy it",
-		Long: `swapout pauses the VM, saves its memory and device state and its qcow2 disk
+		Long: `swapout first checks what can fail before pausing (the capture mode fits
+this QEMU and VM, the VM can be saved); if a check fails the VM runs on.
+It then pauses the VM, saves its memory and device state and its qcow2 disk
 delta into DIR (normally a directory on casfs), fsyncs everything, writes
 DIR/manifest.json, verifies the snapshot by reading it back, and only then
-destroys the VM. On any failure the VM is left paused and intact and the
-error names the failed step; resume it with QMP "cont" (or xl unpause).
+destroys the VM. On any failure after pausing the VM is left paused and
+intact and the error names the failed step; continue it with
+"stasis resume --qmp SOCK" (or xl unpause).
 
 The snapshot holds the QEMU command line, so "stasis swapin --from DIR"
 needs nothing else.`,
@@ -103,7 +106,13 @@ verification (every file's size and BLAKE3 checksum), copies the disk delta
 (and, in ram-file mode, the RAM image) to local files, starts the hypervisor
 from the saved configuration with the guest clock continuing from where it
 stopped, loads the memory while checking its checksum, and resumes the VM.
-QEMU runs detached; its QMP socket is the one it had before.`,
+The driver (qemu, xen) is the one the manifest names. QEMU runs detached;
+its QMP socket is the one it had before.
+
+swapin never takes over what may belong to a live VM: the local files are
+created exclusively (of two concurrent swapins into the same place exactly
+one succeeds), and a QMP socket that still answers is refused, naming the
+pid behind it.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts.out, opts.errOut = cmd.OutOrStdout(), cmd.ErrOrStderr()
@@ -204,7 +213,7 @@ func runSwapout(ctx context.Context, opts *swapOptions, _ []string) error {
 	} else {
 		sum.Note = "not on casfs: no upload statistics"
 	}
-	if opts.removeLocal && !opts.keep && res.Manifest.Driver == "qemu" {
+	if opts.removeLocal && !opts.keep && res.Manifest.Driver == qemuhook.DriverName {
 		if err := qemuhook.RemoveLocal(res.Manifest); err != nil {
 			log.Warn("removing local files", "err", err)
 		}
@@ -224,25 +233,21 @@ func runSwapin(ctx context.Context, opts *swapOptions, _ []string) error {
 	}
 	p := opts.progress()
 	sum := swapSummary{Op: "swapin", Dir: opts.from, Driver: man.Driver, Mode: man.Mode, Bytes: man.Bytes()}
-	switch man.Driver {
-	case "qemu":
-		m, err := qemuhook.Restore(ctx, opts.from, qemuhook.RestoreOptions{
-			LocalDir: opts.localDir, Overwrite: opts.overwrite, LazyDisk: opts.lazyDisk, Paused: opts.paused, Log: opts.qemuLog, Progress: p, Logger: log})
-		finishBar(p)
-		if err != nil {
-			return fmt.Errorf("swapin: %w", err)
-		}
-		sum.Pid = m.Pid()
-		m.Close()
-	case "xen":
-		_, err := xenhook.Restore(ctx, opts.from, xenhook.RestoreOptions{
-			XL: opts.xl, LocalDir: opts.localDir, Overwrite: opts.overwrite, Paused: opts.paused, Progress: p, Logger: log})
-		finishBar(p)
-		if err != nil {
-			return fmt.Errorf("swapin: %w", err)
-		}
-	default:
-		return fmt.Errorf("swapin: snapshot made by unknown driver %q", man.Driver)
+	m, err := hypervisor.Restore(ctx, opts.from, hypervisor.RestoreOptions{
+		LocalDir: opts.localDir, Overwrite: opts.overwrite, LazyDisk: opts.lazyDisk, Paused: opts.paused, Log: opts.qemuLog,
+		Progress: p, Logger: log,
+		DriverOptions: map[string]any{xenhook.DriverName: xenhook.DriverOptions{XL: opts.xl}},
+	})
+	finishBar(p)
+	if err != nil {
+		return fmt.Errorf("swapin: %w", err)
+	}
+	if pm, ok := m.(interface{ Pid() int }); ok {
+		sum.Pid = pm.Pid()
+	}
+	// The VM runs on without us: drop our connection to it, if any.
+	if c, ok := m.(io.Closer); ok {
+		c.Close()
 	}
 	sum.Elapsed = time.Since(start).Seconds()
 	if !man.GuestTime.IsZero() {

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"stasis/hypervisor"
 	"stasis/internal/testguest"
 )
 
@@ -73,14 +76,26 @@ func TestSwapCLIQEMU(t *testing.T) {
 	if tk.Boot != before.Boot || tk.N != before.N+1 {
 		t.Fatalf("after swapin %+v, before %+v", tk, before)
 	}
-	// Swapping in again over the same local files is refused.
-	if err := runSwapin(ctx, o, nil); err == nil || !strings.Contains(err.Error(), "overwrite") {
-		t.Fatalf("second swapin over the same files: %v", err)
+	// Swapping in again while the restored VM runs is refused: its QMP
+	// socket answers. The local files are left alone.
+	err = runSwapin(ctx, o, nil)
+	if !errors.Is(err, hypervisor.ErrInUse) || !strings.Contains(err.Error(), fmt.Sprintf("qemu pid %d", s2.Pid)) {
+		t.Fatalf("second swapin while the first VM runs: %v", err)
+	}
+	if ents, _ := os.ReadDir(o.localDir); len(ents) == 0 {
+		t.Fatal("the refused swapin removed the running VM's files")
+	}
+	if tk2, err := g.Console.WaitTick(ctx, nil); err != nil || tk2.N != tk.N+1 {
+		t.Fatalf("the running VM after a refused swapin: %+v %v", tk2, err)
 	}
 }
 
-// TestSwapCLIXen drives the Xen path with the stand-in xl.
+// TestSwapCLIXen drives the Xen path with the stand-in xl; swapin finds
+// the xen driver through hypervisor.Restore and passes it --xl.
 func TestSwapCLIXen(t *testing.T) {
+	if got := strings.Join(hypervisor.Drivers(), ","); got != "qemu,xen" {
+		t.Fatalf("registered drivers %s, want qemu,xen", got)
+	}
 	xl, _ := filepath.Abs("../../xenhook/testdata/xl")
 	d := t.TempDir()
 	t.Setenv("XL_LOG", filepath.Join(d, "xl.log"))
