@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"strings"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -35,6 +36,9 @@ type Config struct {
 func (c Config) Validate() error {
 	if c.Parallelism < 0 {
 		return fmt.Errorf("vlan: Parallelism %d < 0", c.Parallelism)
+	}
+	if n := c.TrunkNetns; strings.Contains(n, "/") || n == "." || n == ".." {
+		return fmt.Errorf("vlan: TrunkNetns %q is not a namespace name", n)
 	}
 	return nil
 }
