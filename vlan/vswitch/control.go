@@ -8,7 +8,8 @@ import (
 	"time"
 )
 
-// The checkpoint control API. The swap orchestration calls, for epoch E+1:
+// The checkpoint control API (Checkpointer, whose doc comment is the full
+// contract). The swap orchestration calls, for epoch E+1:
 //
 //	BeginCheckpoint(E+1) on every switch instance of the experiment;
 //	for each node: FreezePort, pause the node, PortCheckpointed;
