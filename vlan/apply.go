@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"strings"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -23,12 +24,21 @@ type Config struct {
 	// Parallelism is how many namespaces are created at once; 0 means
 	// GOMAXPROCS.
 	Parallelism int
+	// TrunkNetns names the network namespace (in /run/netns) that holds
+	// the dot1q backend's trunk interface. Empty means the namespace Up is
+	// called from, the host's. It is the only namespace outside the
+	// experiment's own that Up touches: tests point it at a namespace of
+	// their own, so they never change the host's.
+	TrunkNetns string
 }
 
 // Validate checks the configuration.
 func (c Config) Validate() error {
 	if c.Parallelism < 0 {
 		return fmt.Errorf("vlan: Parallelism %d < 0", c.Parallelism)
+	}
+	if n := c.TrunkNetns; strings.Contains(n, "/") || n == "." || n == ".." {
+		return fmt.Errorf("vlan: TrunkNetns %q is not a namespace name", n)
 	}
 	return nil
 }
@@ -38,8 +48,9 @@ func (c Config) Validate() error {
 // may be called concurrently for different experiments; two concurrent
 // calls for one experiment are not coordinated.
 type Applier struct {
-	log *slog.Logger
-	par int
+	log        *slog.Logger
+	par        int
+	trunkNetns string
 	// fault, if set, is called at named points of Up; an error it returns
 	// fails Up there. Tests use it to prove rollback.
 	fault func(point string) error
@@ -50,7 +61,7 @@ func NewApplier(cfg Config) (*Applier, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	a := &Applier{log: cfg.Logger, par: cfg.Parallelism}
+	a := &Applier{log: cfg.Logger, par: cfg.Parallelism, trunkNetns: cfg.TrunkNetns}
 	if a.log == nil {
 		a.log = slog.New(slog.DiscardHandler)
 	}
@@ -633,6 +644,24 @@ func (tx *upTx) changed(counter *int, msgs []nlMsg) {
 	tx.a.log.Debug("vlan: correcting existing object", "experiment", tx.p.Experiment, "op", msgs[len(msgs)-1].what)
 }
 
+// openTrunkNetns opens the namespace that holds the dot1q trunk: the
+// configured one, or the caller's.
+func (a *Applier) openTrunkNetns() (*nsHandle, error) {
+	if a.trunkNetns != "" {
+		return openNetns(a.trunkNetns)
+	}
+	fd, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open host namespace: %w", err)
+	}
+	h := &nsHandle{name: "host", fd: fd}
+	if h.nl, err = openNL(); err != nil {
+		h.close()
+		return nil, err
+	}
+	return h, nil
+}
+
 // createVLANs creates the dot1q backend's subinterfaces on the trunk, directly in
 // the switch namespace, and queues their enslaving.
 func (tx *upTx) createVLANs(bridges map[string]int32, msgs *[]nlMsg) error {
@@ -644,6 +673,8 @@ func (tx *upTx) createVLANs(bridges map[string]int32, msgs *[]nlMsg) error {
 	var create []nlMsg
 	var createIdx []int32
 	var trunkIdx int32
+	var host *nsHandle // the trunk's namespace
+	var err error
 	for _, v := range p.VLANs {
 		br := bridges[v.Bridge]
 		if l := sst.links[v.Name]; l != nil {
@@ -657,7 +688,17 @@ func (tx *upTx) createVLANs(bridges map[string]int32, msgs *[]nlMsg) error {
 			continue
 		}
 		if trunkIdx == 0 {
-			trunk, err := net.InterfaceByName(v.Trunk)
+			if host == nil {
+				if host, err = tx.a.openTrunkNetns(); err != nil {
+					return err
+				}
+				defer host.close()
+			}
+			var trunk *net.Interface
+			err := host.do(func() (err error) {
+				trunk, err = net.InterfaceByName(v.Trunk)
+				return err
+			})
 			if err != nil {
 				return fmt.Errorf("dot1q trunk %q: %w", v.Trunk, err)
 			}
@@ -678,15 +719,10 @@ func (tx *upTx) createVLANs(bridges map[string]int32, msgs *[]nlMsg) error {
 	if len(create) == 0 {
 		return nil
 	}
-	// The trunk is in this (the host) namespace; a socket here creates the
+	// A socket in the trunk's namespace (the host's) creates the
 	// subinterfaces and places them in the switch namespace.
-	host, err := openNL()
-	if err != nil {
-		return err
-	}
-	defer host.Close()
-	res, err := host.exec(create)
-	tx.res.NetlinkBatches += host.sent()
+	res, err := host.nl.exec(create)
+	tx.res.NetlinkBatches += host.nl.sent()
 	// Record what was created before reporting failures.
 	for i, m := range create {
 		if err == nil && res[i] == nil {

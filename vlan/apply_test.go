@@ -21,7 +21,7 @@ func TestPingInsideLANNotAcross(t *testing.T) {
 	requireRoot(t)
 	a := newTestApplier(t)
 	exp := uniqueExp(t)
-	before := hostLinks(t)
+	before := hostLinks(t, a)
 	topo := lanTopology(exp,
 		[]string{"10.9.0.1/24", "10.9.0.2/24", "10.9.0.3/24", "10.9.0.4/24"},
 		[]string{"red", "red", "blue", "blue"})
@@ -60,7 +60,7 @@ func TestPingInsideLANNotAcross(t *testing.T) {
 	if down.Removed.Namespaces != 5 {
 		t.Errorf("Down removed %d namespaces, want 5", down.Removed.Namespaces)
 	}
-	assertGone(t, exp, before)
+	assertGone(t, a, exp, before)
 	st, err = a.Show(ctx, p)
 	if err != nil {
 		t.Fatal(err)
@@ -118,11 +118,11 @@ func TestExperimentsIsolated(t *testing.T) {
 		t.Errorf("A's neighbour 10.8.0.2 is %q, want A's node MAC %s (B's is %s)", out, wantMAC, pb.Veths[1].MAC)
 	}
 	// Taking B down leaves A working.
-	before := hostLinks(t)
+	before := hostLinks(t, a)
 	if _, err := a.Down(context.Background(), expB); err != nil {
 		t.Fatal(err)
 	}
-	assertGone(t, expB, before)
+	assertGone(t, a, expB, before)
 	if err := pingOnce(pa.Namespaces[1].Name, "10.8.0.1"); err != nil {
 		t.Errorf("A after B went down: %v", err)
 	}
@@ -336,7 +336,7 @@ func TestUpRollsBackOnFailure(t *testing.T) {
 				return nil
 			}
 			cleanupExperiment(t, a, exp)
-			before := hostLinks(t)
+			before := hostLinks(t, a)
 			p, err := NewPlan(topo(exp), "")
 			if err != nil {
 				t.Fatal(err)
@@ -345,7 +345,7 @@ func TestUpRollsBackOnFailure(t *testing.T) {
 			if !errors.Is(err, boom) {
 				t.Fatalf("Up: %v, want the injected failure", err)
 			}
-			assertGone(t, exp, before)
+			assertGone(t, a, exp, before)
 		})
 	}
 }
@@ -357,7 +357,7 @@ func TestUpConflictKeepsForeignObjects(t *testing.T) {
 	a := newTestApplier(t)
 	exp := uniqueExp(t)
 	cleanupExperiment(t, a, exp)
-	before := hostLinks(t)
+	before := hostLinks(t, a)
 	foreign := NodeNamespace(exp, "n1")
 	for _, cmd := range [][]string{
 		{"ip", "netns", "add", foreign},
@@ -386,7 +386,7 @@ func TestUpConflictKeepsForeignObjects(t *testing.T) {
 	if _, err := a.Down(context.Background(), exp); err != nil {
 		t.Fatal(err)
 	}
-	assertGone(t, exp, before)
+	assertGone(t, a, exp, before)
 }
 
 // A failed Up on top of a running experiment removes only what it added;
@@ -445,7 +445,7 @@ func TestDownAfterCrash(t *testing.T) {
 	a := newTestApplier(t)
 	exp := uniqueExp(t)
 	cleanupExperiment(t, a, exp)
-	before := hostLinks(t)
+	before := hostLinks(t, a)
 	// What a crash in the middle of Up leaves: some namespaces, a bridge,
 	// a veth, a persistent tap.
 	for _, cmd := range [][]string{
@@ -477,7 +477,7 @@ func TestDownAfterCrash(t *testing.T) {
 	if res.Removed.Namespaces != 4 {
 		t.Errorf("Down removed %d namespaces, want 4", res.Removed.Namespaces)
 	}
-	assertGone(t, exp, before)
+	assertGone(t, a, exp, before)
 	if names, _ := experimentNamespaces(other); len(names) != 1 {
 		t.Errorf("Down of %s touched %s: %v", exp, other, names)
 	}
@@ -496,7 +496,7 @@ func TestUpCancelled(t *testing.T) {
 	a := newTestApplier(t)
 	exp := uniqueExp(t)
 	cleanupExperiment(t, a, exp)
-	before := hostLinks(t)
+	before := hostLinks(t, a)
 	p, err := NewPlan(benchTopology(exp, 20), "")
 	if err != nil {
 		t.Fatal(err)
@@ -514,7 +514,7 @@ func TestUpCancelled(t *testing.T) {
 	if _, err := a.Up(ctx, p); !errors.Is(err, context.Canceled) {
 		t.Fatalf("Up: %v, want context.Canceled", err)
 	}
-	assertGone(t, exp, before)
+	assertGone(t, a, exp, before)
 }
 
 // An empty file where a namespace should be mounted (a crash between

@@ -9,19 +9,15 @@ import (
 	"time"
 )
 
-// makeTrunk creates a veth pair in the host namespace to serve as a dot1q
-// trunk, removed when the test ends.
-func makeTrunk(t *testing.T) string {
+// makeTrunk creates a veth pair in a's host namespace (its TrunkNetns, a
+// namespace of this test) to serve as a dot1q trunk. It goes away with
+// that namespace.
+func makeTrunk(t *testing.T, a *Applier) string {
 	t.Helper()
 	name := "stxtr" + uniqueExp(t)[1:]
-	if out, err := exec.Command("ip", "link", "add", name, "up", "type", "veth", "peer", "name", name+"p").CombinedOutput(); err != nil {
+	if out, err := exec.Command("ip", "-n", a.trunkNetns, "link", "add", name, "up", "type", "veth", "peer", "name", name+"p").CombinedOutput(); err != nil {
 		t.Fatalf("create trunk: %v: %s", err, out)
 	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "link", "del", name).CombinedOutput(); err != nil {
-			t.Errorf("delete trunk: %v: %s", err, out)
-		}
-	})
 	return name
 }
 
@@ -39,9 +35,9 @@ func TestDot1Q(t *testing.T) {
 	requireRoot(t)
 	a := newTestApplier(t)
 	exp := uniqueExp(t)
-	trunk := makeTrunk(t)
+	trunk := makeTrunk(t, a)
 	cleanupExperiment(t, a, exp)
-	before := hostLinks(t)
+	before := hostLinks(t, a)
 	p, err := NewPlan(dot1qTopology(exp, trunk), "")
 	if err != nil {
 		t.Fatal(err)
@@ -64,7 +60,7 @@ func TestDot1Q(t *testing.T) {
 		if _, err := a.Down(ctx, exp); err != nil {
 			t.Fatal(err)
 		}
-		assertGone(t, exp, before)
+		assertGone(t, a, exp, before)
 		return
 	}
 	t.Logf("Up: %v", err)
@@ -76,19 +72,19 @@ func TestDot1Q(t *testing.T) {
 			t.Errorf("error does not mention %q: %v", want, err)
 		}
 	}
-	assertGone(t, exp, before)
+	assertGone(t, a, exp, before)
 }
 
 func TestDot1QTrunkDown(t *testing.T) {
 	requireRoot(t)
 	a := newTestApplier(t)
 	exp := uniqueExp(t)
-	trunk := makeTrunk(t)
-	if out, err := exec.Command("ip", "link", "set", trunk, "down").CombinedOutput(); err != nil {
+	trunk := makeTrunk(t, a)
+	if out, err := exec.Command("ip", "-n", a.trunkNetns, "link", "set", trunk, "down").CombinedOutput(); err != nil {
 		t.Fatalf("%v: %s", err, out)
 	}
 	cleanupExperiment(t, a, exp)
-	before := hostLinks(t)
+	before := hostLinks(t, a)
 	p, err := NewPlan(dot1qTopology(exp, trunk), "")
 	if err != nil {
 		t.Fatal(err)
@@ -97,7 +93,7 @@ func TestDot1QTrunkDown(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "is down") {
 		t.Errorf("Up: %v, want an error saying the trunk is down", err)
 	}
-	assertGone(t, exp, before)
+	assertGone(t, a, exp, before)
 }
 
 func TestDot1QMissingTrunk(t *testing.T) {
@@ -105,7 +101,7 @@ func TestDot1QMissingTrunk(t *testing.T) {
 	a := newTestApplier(t)
 	exp := uniqueExp(t)
 	cleanupExperiment(t, a, exp)
-	before := hostLinks(t)
+	before := hostLinks(t, a)
 	p, err := NewPlan(dot1qTopology(exp, "nosuchtrunk0"), "")
 	if err != nil {
 		t.Fatal(err)
@@ -114,5 +110,5 @@ func TestDot1QMissingTrunk(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), `trunk "nosuchtrunk0"`) {
 		t.Errorf("Up: %v, want an error naming the missing trunk", err)
 	}
-	assertGone(t, exp, before)
+	assertGone(t, a, exp, before)
 }

@@ -8,12 +8,14 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"regexp"
 	"sort"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 )
 
 // requireRoot skips tests that create namespaces when not run as root.
@@ -41,9 +43,29 @@ func uniqueExp(t testing.TB) string {
 	return "t" + hex.EncodeToString(b)
 }
 
+// newTestApplier returns an Applier whose "host" namespace, the only one
+// outside its experiments' own that it touches (TrunkNetns), is a fresh
+// namespace of this test, removed when the test ends. Tests never create
+// or change links in the test process's namespace: other test binaries
+// run at the same time (go test runs packages in parallel), and this
+// package's tests check that the host namespace did not change.
 func newTestApplier(t testing.TB) *Applier {
 	t.Helper()
-	a, err := NewApplier(Config{Logger: slog.New(slog.NewTextHandler(tLogWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	host := "stxhost" + uniqueExp(t)[1:]
+	h, err := createNetns(host, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.close()
+	t.Cleanup(func() {
+		if err := deleteNetns(host); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
+	a, err := NewApplier(Config{
+		Logger:     slog.New(slog.NewTextHandler(tLogWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		TrunkNetns: host,
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,10 +112,44 @@ func pingOnce(ns, addr string) error {
 	return nil
 }
 
-// hostLinks lists interface names in the test's own namespace.
-func hostLinks(t testing.TB) []string {
+// hostSnapshot is the interfaces of the two namespaces an experiment must
+// leave alone: the test's host namespace (the Applier's TrunkNetns), which
+// only this test uses, and the test process's own, which other test
+// binaries and other users of the machine may change at any time.
+type hostSnapshot struct {
+	test []string
+	proc map[string]bool
+}
+
+// hostLinks lists the interfaces of a's host namespace and of the
+// process's namespace.
+func hostLinks(t testing.TB, a *Applier) hostSnapshot {
 	t.Helper()
-	links, err := netlink.LinkList()
+	ns, err := netns.GetFromPath(netnsDir + "/" + a.trunkNetns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	nh, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nh.Close()
+	snap := hostSnapshot{test: linkNames(t, nh), proc: map[string]bool{}}
+	self, err := netlink.NewHandle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer self.Close()
+	for _, n := range linkNames(t, self) {
+		snap.proc[n] = true
+	}
+	return snap
+}
+
+func linkNames(t testing.TB, h *netlink.Handle) []string {
+	t.Helper()
+	links, err := h.LinkList()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,9 +161,16 @@ func hostLinks(t testing.TB) []string {
 	return names
 }
 
+// experimentLinkName matches the names Up gives the interfaces it creates
+// outside node namespaces (see names.go).
+var experimentLinkName = regexp.MustCompile(`^((br|ve|tp)[0-9a-f]{10}|vlan[0-9]+)$`)
+
 // assertGone checks that nothing of experiment exp is left: no namespace by
-// its names and no new interface in the host namespace.
-func assertGone(t testing.TB, exp string, hostBefore []string) {
+// its names, no change at all in the test's host namespace (a's), and no
+// new interface named like an experiment's in the process's namespace.
+// Only names Up could have given count there, because other processes
+// may add and remove interfaces in it while the test runs.
+func assertGone(t testing.TB, a *Applier, exp string, before hostSnapshot) {
 	t.Helper()
 	names, err := experimentNamespaces(exp)
 	if err != nil {
@@ -116,8 +179,14 @@ func assertGone(t testing.TB, exp string, hostBefore []string) {
 	if len(names) != 0 {
 		t.Errorf("namespaces left behind: %v", names)
 	}
-	if after := hostLinks(t); strings.Join(after, ",") != strings.Join(hostBefore, ",") {
-		t.Errorf("host interfaces changed: before %v, after %v", hostBefore, after)
+	after := hostLinks(t, a)
+	if strings.Join(after.test, ",") != strings.Join(before.test, ",") {
+		t.Errorf("host interfaces changed: before %v, after %v", before.test, after.test)
+	}
+	for n := range after.proc {
+		if !before.proc[n] && experimentLinkName.MatchString(n) {
+			t.Errorf("interface %s appeared in the test process's namespace", n)
+		}
 	}
 }
 

@@ -27,6 +27,9 @@ type nsHandle struct {
 	created bool
 }
 
+// do runs fn on a thread inside the namespace.
+func (h *nsHandle) do(fn func() error) error { return inNetns(h.fd, fn) }
+
 func (h *nsHandle) close() {
 	if h == nil {
 		return

@@ -32,7 +32,7 @@ func TestTapNode(t *testing.T) {
 	requireRoot(t)
 	a := newTestApplier(t)
 	exp := uniqueExp(t)
-	before := hostLinks(t)
+	before := hostLinks(t, a)
 	topo := lanTopology(exp, []string{"10.2.0.1/24"}, []string{"lan"})
 	topo.Nodes = append(topo.Nodes, Node{Name: "vm", Kind: KindTap, Interfaces: []Interface{{Name: "eth0", Address: "10.2.0.9/24"}}})
 	topo.LANs[0].Members = append(topo.LANs[0].Members, Member{Node: "vm", Interface: "eth0"})
@@ -91,5 +91,5 @@ func TestTapNode(t *testing.T) {
 	if _, err := a.Down(ctx, exp); err != nil {
 		t.Fatal(err)
 	}
-	assertGone(t, exp, before)
+	assertGone(t, a, exp, before)
 }

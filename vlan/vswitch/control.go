@@ -8,7 +8,8 @@ import (
 	"time"
 )
 
-// The checkpoint control API. The swap orchestration calls, for epoch E+1:
+// The checkpoint control API (Checkpointer, whose doc comment is the full
+// contract). The swap orchestration calls, for epoch E+1:
 //
 //	BeginCheckpoint(E+1) on every switch instance of the experiment;
 //	for each node: FreezePort, pause the node, PortCheckpointed;
@@ -37,7 +38,6 @@ type ckState struct {
 	state        ckPhase
 	epoch        uint64 // epoch of the last completed checkpoint or restore
 	target       uint64 // checkpoint in progress
-	frozen       map[string]bool
 	checkpointed map[string]bool
 	gapsAtBegin  map[string]uint64
 	markerStop   chan struct{}
@@ -163,22 +163,26 @@ func (sw *Switch) BeginCheckpoint(ctx context.Context, epoch uint64) error {
 		sw.mu.Unlock()
 		return ErrClosed
 	}
-	if sw.ck.state != ckIdle {
+	// A repeated call (its first reply lost, or its context ended before
+	// every port had begun) begins the ports again: begin is idempotent.
+	repeat := sw.ck.state == ckActive && sw.ck.target == epoch
+	if sw.ck.state != ckIdle && !repeat {
 		sw.mu.Unlock()
-		return fmt.Errorf("%w: BeginCheckpoint while %v", ErrCheckpoint, sw.ck.state)
+		return fmt.Errorf("%w: BeginCheckpoint(%d) while %v", ErrCheckpoint, epoch, sw.ck.state)
 	}
 	if epoch <= sw.ck.epoch {
 		sw.mu.Unlock()
 		return fmt.Errorf("%w: epoch %d is not after the current epoch %d", ErrCheckpoint, epoch, sw.ck.epoch)
 	}
-	sw.ck.state = ckActive
-	sw.ck.target = epoch
-	sw.ck.frozen = make(map[string]bool)
-	sw.ck.checkpointed = make(map[string]bool)
-	sw.ck.gapsAtBegin = make(map[string]uint64)
 	parts, trunks := sw.participantsLocked()
-	for _, pt := range trunks {
-		sw.ck.gapsAtBegin[pt.cfg.Name] = pt.carrier.gaps()
+	if !repeat {
+		sw.ck.state = ckActive
+		sw.ck.target = epoch
+		sw.ck.checkpointed = make(map[string]bool)
+		sw.ck.gapsAtBegin = make(map[string]uint64)
+		for _, pt := range trunks {
+			sw.ck.gapsAtBegin[pt.cfg.Name] = pt.carrier.gaps()
+		}
 	}
 	sw.mu.Unlock()
 
@@ -220,14 +224,10 @@ func (sw *Switch) FreezePort(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	sw.mu.Lock()
-	already := sw.ck.frozen[name]
-	sw.ck.frozen[name] = true
-	sw.mu.Unlock()
-	if !already {
-		if err := pt.send(ctx, ctlMsg{kind: ctlCut}).err; err != nil {
-			return err
-		}
+	// The cut is sent every time: a cut port ignores it, and a call whose
+	// context ended may not have delivered it.
+	if err := pt.send(ctx, ctlMsg{kind: ctlCut}).err; err != nil {
+		return err
 	}
 	d, ok := pt.p.(OutputDrainer)
 	if !ok {
@@ -256,16 +256,15 @@ func (sw *Switch) PortCheckpointed(ctx context.Context, name string) error {
 		return err
 	}
 	sw.mu.Lock()
-	done, frozen := sw.ck.checkpointed[name], sw.ck.frozen[name]
-	sw.ck.frozen[name] = true
+	done := sw.ck.checkpointed[name]
 	sw.mu.Unlock()
 	if done {
 		return nil
 	}
-	if !frozen {
-		if err := pt.send(ctx, ctlMsg{kind: ctlCut}).err; err != nil {
-			return err
-		}
+	// Cut the receive side (again: a cut port ignores it; FreezePort may
+	// not have been called, or its context ended before the cut arrived).
+	if err := pt.send(ctx, ctlMsg{kind: ctlCut}).err; err != nil {
+		return err
 	}
 	req := &txRequest{epoch: target, done: make(chan struct{})}
 	pt.txReq.Store(req)
@@ -351,7 +350,11 @@ func (sw *Switch) stopMarkersLocked() {
 // switch keeps delivering nothing to the ports until Resume.
 func (sw *Switch) EndCheckpoint(ctx context.Context) (*Log, error) {
 	sw.mu.Lock()
-	if sw.ck.state != ckActive {
+	// After EndCheckpoint succeeded, the ports still hold the log (until
+	// Resume or Restore) and it can no longer change: every sender is in
+	// the new epoch and every trunk peer finished the old one. A repeated
+	// call collects it again.
+	if sw.ck.state != ckActive && sw.ck.state != ckEnded {
 		sw.mu.Unlock()
 		return nil, fmt.Errorf("%w: EndCheckpoint while %v", ErrCheckpoint, sw.ck.state)
 	}
@@ -405,14 +408,14 @@ func (sw *Switch) EndCheckpoint(ctx context.Context) (*Log, error) {
 // restored from the same checkpoint: the switch moves to the log's epoch,
 // drops frames sent after the checkpoint (the restored senders send them
 // again), and delivers nothing until Resume, which replays the log. It is
-// allowed when no checkpoint is in progress, or after EndCheckpoint.
-// Every port named in the log must be attached.
+// allowed when no checkpoint is in progress, after EndCheckpoint, and after
+// Restore (which it repeats). Every port named in the log must be attached.
 func (sw *Switch) Restore(ctx context.Context, lg *Log) error {
 	if lg == nil {
 		return errors.New("vswitch: Restore: nil log")
 	}
 	sw.mu.Lock()
-	if sw.ck.state != ckIdle && sw.ck.state != ckEnded {
+	if sw.ck.state == ckActive {
 		sw.mu.Unlock()
 		return fmt.Errorf("%w: Restore while %v", ErrCheckpoint, sw.ck.state)
 	}
@@ -513,6 +516,11 @@ func (sw *Switch) Resume(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("vswitch: Resume: port %s: %w", pt.cfg.Name, err))
 		}
 	}
+	if err := errors.Join(errs...); err != nil {
+		// Some ports may still be frozen: stay in this state, so that a
+		// repeated Resume reaches them (resuming a port twice is harmless).
+		return err
+	}
 	sw.mu.Lock()
 	if sw.ck.state == ckEnded {
 		sw.ck.epoch = sw.ck.target
@@ -522,7 +530,17 @@ func (sw *Switch) Resume(ctx context.Context) error {
 	sw.stopMarkersLocked()
 	sw.mu.Unlock()
 	sw.log.Info("resumed", "epoch", sw.Epoch())
-	return errors.Join(errs...)
+	return nil
+}
+
+// Status implements Checkpointer.
+func (sw *Switch) Status(ctx context.Context) (Status, error) {
+	sw.mu.Lock()
+	defer sw.mu.Unlock()
+	if sw.closed {
+		return Status{}, ErrClosed
+	}
+	return Status{Epoch: sw.ck.epoch, Target: sw.ck.target, State: State(sw.ck.state.String())}, nil
 }
 
 // Epoch returns the epoch of the last completed checkpoint or restore.

@@ -44,8 +44,10 @@
 // The Log has a versioned file format with per-record checksums (WriteTo,
 // ReadLog); a truncated or corrupt log is refused.
 //
-// The control API is the Switch's methods; NewHandler serves the same API
-// over HTTP and Client calls it, for an orchestration in another process.
+// The control API is Checkpointer, whose doc comment is the contract. The
+// Switch implements it in process; NewHandler serves it over HTTP and
+// Client (NewClient over TCP, NewUnixClient over a unix socket) calls it,
+// for an orchestration in another process, with the same semantics.
 //
 // The folder and the package are named vswitch because switch is a
 // Go keyword.

@@ -58,8 +58,12 @@ func (g *gate) admit(f *Frame) verdict {
 	return v
 }
 
-// begin starts a checkpoint to epoch target.
+// begin starts a checkpoint to epoch target; beginning the same checkpoint
+// again changes nothing.
 func (g *gate) begin(target uint64) {
+	if g.target == target {
+		return
+	}
 	g.target = target
 	g.overflow = false
 }

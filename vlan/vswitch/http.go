@@ -7,9 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
+	"time"
 )
 
 // The control API over HTTP, for a swap orchestration that runs in another
@@ -21,11 +23,15 @@ import (
 //	POST /v1/checkpoint/end            response: the Log in its file format
 //	POST /v1/restore                   body: a Log in its file format
 //	POST /v1/resume
-//	GET  /v1/status                    response {"epoch": N, "state": "..."}
+//	GET  /v1/status                    response Status as JSON
 //
 // Errors are plain text with status 409 (ErrCheckpoint), 404
-// (ErrUnknownPort), 400 (ErrCorruptLog or a bad request), 500 otherwise;
-// Client maps them back so that errors.Is works across the wire.
+// (ErrUnknownPort), 400 (ErrCorruptLog or a bad request), 410 (ErrClosed),
+// 500 otherwise; the header Vswitch-Error names the sentinel error wrapped
+// (errorKinds) and Client maps it back so that errors.Is works across the
+// wire. Client
+// and the Switch itself both implement Checkpointer, with the same
+// semantics.
 
 // maxLogBody bounds a restore request (MaxInFlight frames of every port
 // would be far less).
@@ -76,40 +82,87 @@ func NewHandler(sw *Switch) http.Handler {
 		reply(w, sw.Resume(r.Context()))
 	})
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
-		sw.mu.Lock()
-		st := struct {
-			Epoch uint64 `json:"epoch"`
-			State string `json:"state"`
-		}{sw.ck.epoch, sw.ck.state.String()}
-		sw.mu.Unlock()
+		st, err := sw.Status(r.Context())
+		if err != nil {
+			reply(w, err)
+			return
+		}
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(st)
 	})
 	return mux
 }
 
-func reply(w http.ResponseWriter, err error) {
-	switch {
-	case err == nil:
-		w.WriteHeader(http.StatusNoContent)
-	case errors.Is(err, ErrCheckpoint):
-		http.Error(w, err.Error(), http.StatusConflict)
-	case errors.Is(err, ErrUnknownPort):
-		http.Error(w, err.Error(), http.StatusNotFound)
-	case errors.Is(err, ErrCorruptLog):
-		http.Error(w, err.Error(), http.StatusBadRequest)
-	default:
-		http.Error(w, err.Error(), http.StatusInternalServerError)
-	}
+// errorKinds are the sentinel errors that keep their identity across the
+// wire: the handler names the one an error wraps in the Vswitch-Error
+// header, and the Client wraps it again.
+var errorKinds = []struct {
+	name   string
+	err    error
+	status int
+}{
+	{"checkpoint", ErrCheckpoint, http.StatusConflict},
+	{"unknown-port", ErrUnknownPort, http.StatusNotFound},
+	{"corrupt-log", ErrCorruptLog, http.StatusBadRequest},
+	{"closed", ErrClosed, http.StatusGone},
+	{"in-flight-limit", ErrInFlightLimit, http.StatusInternalServerError},
+	{"trunk-gap", ErrTrunkGap, http.StatusInternalServerError},
 }
 
-// Client calls a switch's HTTP control API. Its methods mirror Switch's.
+const errorHeader = "Vswitch-Error"
+
+func reply(w http.ResponseWriter, err error) {
+	if err == nil {
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
+	for _, k := range errorKinds {
+		if errors.Is(err, k.err) {
+			w.Header().Set(errorHeader, k.name)
+			http.Error(w, err.Error(), k.status)
+			return
+		}
+	}
+	http.Error(w, err.Error(), http.StatusInternalServerError)
+}
+
+// Client calls a switch's HTTP control API. It implements Checkpointer
+// with the Switch's semantics.
 type Client struct {
 	// Base is the API's base URL, e.g. "http://127.0.0.1:7070".
 	Base string
 	// HTTP is the client to use; nil means http.DefaultClient. Calls are
 	// bounded by their context.
 	HTTP *http.Client
+}
+
+// NewClient returns a Client for the API at base (e.g.
+// "http://127.0.0.1:7070") that uses hc (nil: http.DefaultClient).
+func NewClient(base string, hc *http.Client) *Client {
+	return &Client{Base: base, HTTP: hc}
+}
+
+// NewUnixClient returns a Client for an API served on the unix socket at
+// path, as a host agent serves its switches. Every connection dials path;
+// the URL's host is ignored.
+func NewUnixClient(path string) *Client {
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		},
+		MaxIdleConns:    4,
+		IdleConnTimeout: 30 * time.Second,
+	}
+	return &Client{Base: "http://vswitch", HTTP: &http.Client{Transport: tr}}
+}
+
+// CloseIdleConnections closes the client's idle connections (for a
+// client from NewUnixClient, the only ones it keeps).
+func (c *Client) CloseIdleConnections() {
+	if c.HTTP != nil {
+		c.HTTP.CloseIdleConnections()
+	}
 }
 
 // RemoteError is an error reported by the switch.
@@ -123,7 +176,11 @@ func (e *RemoteError) Error() string { return fmt.Sprintf("vswitch: remote: %s",
 func (e *RemoteError) Unwrap() error { return e.kind }
 
 func (c *Client) call(ctx context.Context, path string, body []byte) ([]byte, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimSuffix(c.Base, "/")+path, bytes.NewReader(body))
+	return c.do(ctx, http.MethodPost, path, body)
+}
+
+func (c *Client) do(ctx context.Context, method, path string, body []byte) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, method, strings.TrimSuffix(c.Base, "/")+path, bytes.NewReader(body))
 	if err != nil {
 		return nil, err
 	}
@@ -142,14 +199,10 @@ func (c *Client) call(ctx context.Context, path string, body []byte) ([]byte, er
 	}
 	if resp.StatusCode/100 != 2 {
 		e := &RemoteError{Status: resp.StatusCode, Msg: strings.TrimSpace(string(b))}
-		switch resp.StatusCode {
-		case http.StatusConflict:
-			e.kind = ErrCheckpoint
-		case http.StatusNotFound:
-			e.kind = ErrUnknownPort
-		case http.StatusBadRequest:
-			if strings.Contains(e.Msg, ErrCorruptLog.Error()) {
-				e.kind = ErrCorruptLog
+		name := resp.Header.Get(errorHeader)
+		for _, k := range errorKinds {
+			if k.name == name {
+				e.kind = k.err
 			}
 		}
 		return nil, e
@@ -198,4 +251,17 @@ func (c *Client) Restore(ctx context.Context, lg *Log) error {
 func (c *Client) Resume(ctx context.Context) error {
 	_, err := c.call(ctx, "/v1/resume", nil)
 	return err
+}
+
+// Status calls Switch.Status.
+func (c *Client) Status(ctx context.Context) (Status, error) {
+	b, err := c.do(ctx, http.MethodGet, "/v1/status", nil)
+	if err != nil {
+		return Status{}, err
+	}
+	var st Status
+	if err := json.Unmarshal(b, &st); err != nil {
+		return Status{}, fmt.Errorf("vswitch: status: %w", err)
+	}
+	return st, nil
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"testing"
 	"time"
 )
@@ -66,5 +67,32 @@ func TestHTTPControlAPI(t *testing.T) {
 	}
 	if got := recvTimeout(t, b, 2*time.Second); got == nil || !bytes.Contains(got, []byte("in flight")) {
 		t.Fatal("the logged frame was not replayed after restore")
+	}
+}
+
+// NewUnixClient dials its socket for every URL, and reports a missing
+// socket as an error.
+func TestUnixClient(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	sw := newTestSwitch(t, Config{})
+	mustAdd(t, sw, PortConfig{Name: "a", VLAN: 1}, NewMemPort(4))
+	path := serveUnix(t, NewHandler(sw))
+	c := NewUnixClient(path)
+	defer c.CloseIdleConnections()
+	if err := c.BeginCheckpoint(ctx, 7); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := sw.Status(ctx); st.Target != 7 {
+		t.Fatalf("the switch behind the socket is checkpointing to %d, want 7", st.Target)
+	}
+	c.Base = "http://any.host.example:1" // the host is not used to dial
+	st, err := c.Status(ctx)
+	if err != nil || st.State != StateCheckpointing || st.Target != 7 {
+		t.Fatalf("status %+v, %v", st, err)
+	}
+	missing := NewUnixClient(filepath.Join(t.TempDir(), "none.sock"))
+	if _, err := missing.Status(ctx); err == nil || errors.As(err, new(*RemoteError)) {
+		t.Fatalf("status over a missing socket: %v, want a dial error", err)
 	}
 }

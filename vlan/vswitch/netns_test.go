@@ -100,7 +100,7 @@ func twoHosts(t *testing.T) (a, b string) {
 	newNetns(t, a)
 	newNetns(t, b)
 	const macA, macB = "02:53:57:00:00:0a", "02:53:57:00:00:0b"
-	run(t, "ip", "link", "add", p+"va", "address", macA, "netns", a, "type", "veth", "peer", "name", p+"vb", "address", macB, "netns", b)
+	run(t, "ip", "-n", a, "link", "add", p+"va", "address", macA, "type", "veth", "peer", "name", p+"vb", "address", macB, "netns", b)
 	run(t, "ip", "-n", a, "addr", "add", "10.199.0.1/24", "dev", p+"va")
 	run(t, "ip", "-n", b, "addr", "add", "10.199.0.2/24", "dev", p+"vb")
 	// Static neighbours: with a cold ARP cache the kernel queues the first
@@ -182,29 +182,35 @@ func TestCheckpointTwoHostsUDPTrunk(t *testing.T) {
 // switch over a tap device (switch owns the tap, the node has the kernel
 // side) and over a veth pair (switch attaches with AF_PACKET); a node in
 // another VLAN cannot be reached.
+//
+// The switch's side (the tap's creation, the veths' switch ends, the
+// AF_PACKET sockets) lives in a namespace of its own, never in the test
+// process's: test binaries of other packages run at the same time and
+// check that their host namespace does not change.
 func TestTapAndPacketPortsPing(t *testing.T) {
 	requireRoot(t)
 	p := fmt.Sprintf("stsw%04x", rand.IntN(1<<16))
-	n1, n2, n3 := p+"n1", p+"n2", p+"n3"
-	for _, n := range []string{n1, n2, n3} {
+	swns, n1, n2, n3 := p+"sw", p+"n1", p+"n2", p+"n3"
+	for _, n := range []string{swns, n1, n2, n3} {
 		newNetns(t, n)
 	}
 	sw := newTestSwitch(t, Config{})
-	// n1: a tap created in the root namespace, its kernel side moved to n1.
-	tap, err := OpenTap(p + "t1")
-	if err != nil {
+	// n1: a tap created in the switch namespace (TUNSETIFF creates it in
+	// the namespace of the calling thread), its kernel side moved to n1.
+	var tap *TapPort
+	if err := inNetns(swns, func() (err error) { tap, err = OpenTap(p + "t1"); return err }); err != nil {
 		t.Fatal(err)
 	}
 	mustAdd(t, sw, PortConfig{Name: "n1", VLAN: 5}, tap)
-	run(t, "ip", "link", "set", p+"t1", "netns", n1)
-	// n2 and n3: veth pairs, the switch ends in the root namespace.
+	run(t, "ip", "-n", swns, "link", "set", p+"t1", "netns", n1)
+	// n2 and n3: veth pairs, the switch ends in the switch namespace; they
+	// go away with it.
 	for i, n := range []string{n2, n3} {
 		sw0, node := fmt.Sprintf("%sv%d", p, i+2), fmt.Sprintf("%sw%d", p, i+2)
-		run(t, "ip", "link", "add", sw0, "type", "veth", "peer", "name", node, "netns", n)
-		t.Cleanup(func() { _ = exec.Command("ip", "link", "del", sw0).Run() })
-		run(t, "ip", "link", "set", sw0, "up")
-		pp, err := OpenPacket(sw0)
-		if err != nil {
+		run(t, "ip", "-n", swns, "link", "add", sw0, "type", "veth", "peer", "name", node, "netns", n)
+		run(t, "ip", "-n", swns, "link", "set", sw0, "up")
+		var pp *PacketPort
+		if err := inNetns(swns, func() (err error) { pp, err = OpenPacket(sw0); return err }); err != nil {
 			t.Fatal(err)
 		}
 		vlan := uint16(5)
