@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -15,11 +16,54 @@ import (
 	"stasis/blockd"
 	"stasis/cas"
 	"stasis/casfs"
+	"stasis/casfs/embed"
 	"stasis/casfs/fusefs"
 	"stasis/casfs/internal/testenv"
 	"stasis/internal/serve"
 	"stasis/metad"
 )
+
+// countingStore counts the Puts that reach a block store.
+type countingStore struct {
+	blockd.WriteStore
+	puts *atomic.Int32
+}
+
+func (c countingStore) Put(ctx context.Context, chunks []blockd.Chunk) error {
+	c.puts.Add(1)
+	return c.WriteStore.Put(ctx, chunks)
+}
+
+// embedded is an embedded-mode mount (embed.Open under t.TempDir, as
+// `casfs mount --data` runs it) whose block store holds quota bytes of
+// packs, with the garbage collector's timer off: the test drives GC. It
+// counts the puts that reach the block store and the Reclaim runs.
+type embedded struct {
+	st       *embed.Stores
+	mnt      string
+	puts     atomic.Int32
+	reclaims atomic.Int32
+}
+
+func mountEmbedded(t *testing.T, quota int64, reclaim bool) *embedded {
+	t.Helper()
+	st, err := embed.Open(embed.Config{Dir: t.TempDir(), Small: true, GCInterval: -1, MaxBlockBytes: quota, Logger: testenv.Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	m := &embedded{st: st}
+	cfg := casfs.Config{Transport: casfs.StoreTransport{Store: countingStore{st.Blocks, &m.puts}}, StagingDir: st.StagingDir}
+	if reclaim {
+		cfg.Reclaim = func(ctx context.Context) error {
+			m.reclaims.Add(1)
+			return st.Reclaim(ctx)
+		}
+	}
+	e := testenv.New(t, testenv.Options{Meta: st.Meta, FS: cfg})
+	m.mnt = e.Mount(t, fusefsOptions())
+	return m
+}
 
 // fillUntilFull writes 2 MiB files of random bytes until one fails, and
 // returns the names written and the error (nil if max files fit).
@@ -35,6 +79,64 @@ func fillUntilFull(t *testing.T, dir string, seed uint64, max int) ([]string, er
 		names = append(names, name)
 	}
 	return names, nil
+}
+
+// TestEmbeddedFullStoreReclaims: an embedded store fills up (ENOSPC);
+// once its files are deleted, writes succeed again on the same mount: the
+// write that finds the store full runs one garbage collection pass (metad
+// deletes the dead chunks, the pack being written is compacted away) and
+// tries again. Before, embedded mode never collected garbage and
+// compaction skipped the pack being written: the store stayed full.
+func TestEmbeddedFullStoreReclaims(t *testing.T) {
+	m := mountEmbedded(t, 24<<20, true)
+	names, err := fillUntilFull(t, m.mnt, 1, 100)
+	if !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("filling the store: %d files, then %v; want ENOSPC", len(names), err)
+	}
+	if len(names) < 4 {
+		t.Fatalf("only %d files fit in the quota", len(names))
+	}
+	full := m.reclaims.Load()
+	if full == 0 {
+		t.Fatalf("ENOSPC without a garbage collection pass first")
+	}
+	for _, n := range names {
+		if err := os.Remove(n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	again, err := fillUntilFull(t, m.mnt, 2, len(names)-1)
+	if err != nil {
+		t.Fatalf("after deleting every file, %d of %d writes succeeded, then: %v", len(again), len(names)-1, err)
+	}
+	if n := m.reclaims.Load() - full; n < 1 || n > 2 {
+		t.Fatalf("%d garbage collection passes to write again, want 1 (2 at most)", n)
+	}
+	for _, n := range again {
+		if got, err := os.ReadFile(n); err != nil || len(got) != 2<<20 {
+			t.Fatalf("reading %s back: %d bytes, %v", n, len(got), err)
+		}
+	}
+}
+
+// TestEmbeddedFullStoreFailsFast: a write to a full embedded store gets
+// ENOSPC after one put and one put after the garbage collection pass, not
+// after retrying "out of space" until casfs's retry deadline (30 s, 35
+// puts, before).
+func TestEmbeddedFullStoreFailsFast(t *testing.T) {
+	m := mountEmbedded(t, 8<<20, true)
+	names, err := fillUntilFull(t, m.mnt, 3, 100)
+	if !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("filling the store: %d files, then %v; want ENOSPC", len(names), err)
+	}
+	before, reclaims := m.puts.Load(), m.reclaims.Load()
+	err = os.WriteFile(filepath.Join(m.mnt, "one-more"), randBytes(99, 2<<20), 0o644)
+	if !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("writing to a full store: %v, want ENOSPC", err)
+	}
+	if puts, runs := m.puts.Load()-before, m.reclaims.Load()-reclaims; puts != 2 || runs != 1 {
+		t.Fatalf("ENOSPC after %d puts and %d garbage collection passes, want 2 puts around 1 pass", puts, runs)
+	}
 }
 
 // TestFullStoreWithoutReclaimFailsFast: without a Reclaim (as in daemon
