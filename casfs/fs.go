@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -340,8 +341,19 @@ func (f *FS) Create(ctx context.Context, req metad.CreateRequest) (metad.Attr, e
 // chunker policy, inherited by new files (e.g. "fixed:4096", "cdc:16k").
 const PolicyXattr = "user.casfs.chunker"
 
+// posixACLPrefix names the POSIX ACL xattrs (system.posix_acl_access,
+// system.posix_acl_default).
+const posixACLPrefix = "system.posix_acl_"
+
 // SetXattr sets an extended attribute; PolicyXattr values are validated.
+// POSIX ACLs are refused with ErrNotSupported (EOPNOTSUPP): casfs does not
+// enforce them, and stored as plain values they only confused tools — cp -p
+// set one on a file it had created 0600 and, its ACL accepted, skipped the
+// chmod to 0644. Refused, tools fall back to chmod.
 func (f *FS) SetXattr(ctx context.Context, n metad.Node, name string, value []byte, flags uint32) error {
+	if strings.HasPrefix(name, posixACLPrefix) {
+		return fmt.Errorf("%w: POSIX ACLs (%s)", ErrNotSupported, name)
+	}
 	if n.Snap != metad.LiveSnap {
 		return metad.ErrReadOnly
 	}
