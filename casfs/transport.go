@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"net/http"
 	"syscall"
 
 	"stasis/blockd"
@@ -98,6 +99,11 @@ func transient(err error) bool {
 		return false
 	}
 	if errors.Is(err, metad.ErrUnavailable) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) {
+		return true
+	}
+	// A blockd still shedding load after the client's own Retry-After
+	// waits (internal/busy).
+	if se := (*blockd.StatusError)(nil); errors.As(err, &se) && se.Code == http.StatusServiceUnavailable {
 		return true
 	}
 	// A network error. syscall.Errno has the methods of net.Error too: a
