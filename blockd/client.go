@@ -14,6 +14,7 @@ import (
 	"sync"
 
 	"stasis/cas"
+	"stasis/internal/busy"
 )
 
 // TokenSource returns a bearer token granting op on the server. metad
@@ -128,7 +129,7 @@ func (c *Client) do(ctx context.Context, op cas.Op, method, path string, body io
 	if body != nil {
 		req.Header.Set("Content-Type", "application/octet-stream")
 	}
-	resp, err := c.hc.Do(req)
+	resp, err := busy.Do(c.hc, req)
 	if err != nil {
 		return nil, fmt.Errorf("blockd: %s %s: %w", method, path, err)
 	}
@@ -277,7 +278,7 @@ func (c *Client) putRequest(ctx context.Context, chunks []Chunk) error {
 	req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(newFrameBody(chunks, g)), nil }
 	req.Header.Set("Authorization", "Bearer "+tok)
 	req.Header.Set("Content-Type", "application/octet-stream")
-	resp, err := c.hc.Do(req)
+	resp, err := busy.Do(c.hc, req)
 	if err != nil {
 		return fmt.Errorf("blockd: POST /v1/put: %w", err)
 	}

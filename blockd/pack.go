@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -48,6 +49,11 @@ type PackConfig struct {
 	// index is badger, which writes its memtable log through a memory map.
 	// Negative disables the check.
 	MinFreeBytes int64
+	// MaxBytes, when positive, is a quota on the pack files' bytes: a
+	// batch that would take them past it is refused with ErrNoSpace, as
+	// for MinFreeBytes. Deleted chunks count until compaction removes or
+	// rewrites their pack.
+	MaxBytes int64
 	// BufferedWrites writes packs through the page cache (pwritev) even
 	// where O_DIRECT works. By default the current pack is written with
 	// O_DIRECT from a 4 MiB aligned staging buffer, each batch's region
@@ -1064,20 +1070,31 @@ func (p *packFile) datasync() error {
 // reserve claims space for a batch, or refuses it with ErrNoSpace if the
 // packs' file system would be left with less than MinFreeBytes.
 func (s *PackStore) reserve(need int64) (release func(), err error) {
-	if s.cfg.MinFreeBytes < 0 {
+	if s.cfg.MinFreeBytes < 0 && s.cfg.MaxBytes <= 0 {
 		return func() {}, nil
 	}
 	need += 64 * (need/(64<<10) + 1) // index entries, roughly
-	var st syscall.Statfs_t
-	if err := syscall.Statfs(s.packDir, &st); err != nil {
-		return nil, fmt.Errorf("blockd: statfs %s: %w", s.packDir, err)
+	var used int64
+	if s.cfg.MaxBytes > 0 {
+		used = s.packBytes()
 	}
-	free := int64(st.Bavail) * int64(st.Bsize)
+	free := int64(math.MaxInt64 / 2)
+	if s.cfg.MinFreeBytes >= 0 {
+		var st syscall.Statfs_t
+		if err := syscall.Statfs(s.packDir, &st); err != nil {
+			return nil, fmt.Errorf("blockd: statfs %s: %w", s.packDir, err)
+		}
+		free = int64(st.Bavail) * int64(st.Bsize)
+	}
 	s.spaceMu.Lock()
 	defer s.spaceMu.Unlock()
-	if free-s.inflight-need < s.cfg.MinFreeBytes {
+	if s.cfg.MinFreeBytes >= 0 && free-s.inflight-need < s.cfg.MinFreeBytes {
 		return nil, fmt.Errorf("blockd: put of %d bytes: %d bytes free, %d being written, %d kept free: %w (%w)",
 			need, free, s.inflight, s.cfg.MinFreeBytes, ErrNoSpace, syscall.ENOSPC)
+	}
+	if s.cfg.MaxBytes > 0 && used+s.inflight+need > s.cfg.MaxBytes {
+		return nil, fmt.Errorf("blockd: put of %d bytes: packs hold %d bytes, %d being written, quota %d: %w (%w)",
+			need, used, s.inflight, s.cfg.MaxBytes, ErrNoSpace, syscall.ENOSPC)
 	}
 	s.inflight += need
 	return func() {
@@ -1085,6 +1102,18 @@ func (s *PackStore) reserve(need int64) (release func(), err error) {
 		s.inflight -= need
 		s.spaceMu.Unlock()
 	}, nil
+}
+
+// packBytes is the size of every pack file, regions being written
+// included.
+func (s *PackStore) packBytes() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var n int64
+	for _, p := range s.packs {
+		n += p.size
+	}
+	return n
 }
 
 // indexNew commits index entries for chunks written at locs in p, in as

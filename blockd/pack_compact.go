@@ -82,22 +82,40 @@ func (s *PackStore) Compact(ctx context.Context, ratio float64) (int, error) {
 	return n, nil
 }
 
-// candidates are the sealed, idle packs worth rewriting.
+// candidates are the sealed, idle packs worth rewriting. The current pack
+// is sealed first (a new one started) when it is idle and worth rewriting
+// too: otherwise the dead bytes of the pack being written, all of a store
+// smaller than PackSize, would stay until it filled up.
 func (s *PackStore) candidates(ratio float64) []*packFile {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if p := s.cur; p.writers == 0 && p.size > packHeaderSize && worthCompacting(p, ratio) && s.failed == nil {
+		if np, err := s.createPack(p.num + 1); err != nil {
+			s.log.Warn("cannot seal the current pack for compaction", "pack", p.path, "err", err)
+		} else {
+			s.packs[np.num] = np
+			s.cur = np
+			p.closeDirect()
+		}
+	}
 	var out []*packFile
 	for _, p := range s.packs {
 		if p == s.cur || p.writers > 0 {
 			continue
 		}
-		body := p.size - packHeaderSize
-		if p.live <= 0 || (body > 0 && float64(body-p.live)/float64(body) > ratio) {
+		if worthCompacting(p, ratio) {
 			out = append(out, p)
 		}
 	}
 	slices.SortFunc(out, func(a, b *packFile) int { return cmp.Compare(a.num, b.num) })
 	return out
+}
+
+// worthCompacting: p holds nothing live, or more than ratio of its body
+// is dead.
+func worthCompacting(p *packFile, ratio float64) bool {
+	body := p.size - packHeaderSize
+	return p.live <= 0 || (body > 0 && float64(body-p.live)/float64(body) > ratio)
 }
 
 // liveRecords finds the indexed records of the given packs (one pass over

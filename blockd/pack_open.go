@@ -46,6 +46,7 @@ type StoreConfig struct {
 	GCDiscardRatio float64
 	MinFreeBytes   int64
 	PackSize       int64 // pack store only
+	MaxBytes       int64 // pack store only: a quota on pack bytes (PackConfig.MaxBytes)
 	DirectReads    bool  // pack store only: see PackConfig.DirectReads
 }
 
@@ -100,7 +101,7 @@ func OpenStore(cfg StoreConfig) (DiskStore, string, error) {
 		return nil, "", fmt.Errorf("%w: %s holds a %s store, not %s", ErrStoreKind, cfg.Dir, have, cfg.Kind)
 	}
 	pc := PackConfig{Dir: cfg.Dir, Logger: cfg.Logger, Small: cfg.Small, PackSize: cfg.PackSize, DirectReads: cfg.DirectReads,
-		GCInterval: cfg.GCInterval, GCDiscardRatio: cfg.GCDiscardRatio, MinFreeBytes: cfg.MinFreeBytes}
+		GCInterval: cfg.GCInterval, GCDiscardRatio: cfg.GCDiscardRatio, MinFreeBytes: cfg.MinFreeBytes, MaxBytes: cfg.MaxBytes}
 	bc := BadgerConfig{Dir: cfg.Dir, Logger: cfg.Logger, Small: cfg.Small,
 		GCInterval: cfg.GCInterval, GCDiscardRatio: cfg.GCDiscardRatio, MinFreeBytes: cfg.MinFreeBytes}
 	// A bad config leaves no trace in the directory.

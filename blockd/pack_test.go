@@ -782,6 +782,41 @@ func TestPackNoSpace(t *testing.T) {
 	}
 }
 
+// TestPackQuotaCompactsCurrentPack: a store smaller than one pack (the
+// embedded case: 256 MiB packs on a small disk) fills up its quota, every
+// chunk is deleted, and one compaction makes room again: the current pack,
+// all dead, is sealed and removed.
+func TestPackQuotaCompactsCurrentPack(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	s := openPackCfg(t, blockd.PackConfig{Dir: dir, PackSize: 64 << 20, MinFreeBytes: -1, MaxBytes: 6 << 20})
+	acked, err := fill(t, s, 3)
+	if !errors.Is(err, blockd.ErrNoSpace) || !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("put over the quota = %v, want ErrNoSpace and ENOSPC", err)
+	}
+	if len(s.Packs()) != 1 || len(acked) == 0 {
+		t.Fatalf("%d chunks in %d packs, want some in one", len(acked), len(s.Packs()))
+	}
+	if err := s.Delete(ctx, storetest.IDs(acked)); err != nil {
+		t.Fatal(err)
+	}
+	if more, err := fill(t, s, 4); len(more) != 0 || !errors.Is(err, blockd.ErrNoSpace) {
+		t.Fatalf("after deleting, before compaction: %d chunks stored, then %v; want ErrNoSpace at once (deleted bytes count until compacted)", len(more), err)
+	}
+	n, err := s.Compact(ctx, 0.5)
+	if err != nil || n != 1 {
+		t.Fatalf("compaction removed %d packs (%v), want the full current one", n, err)
+	}
+	more, err := fill(t, s, 5)
+	if len(more) < len(acked)*3/4 || !errors.Is(err, blockd.ErrNoSpace) {
+		t.Fatalf("after compaction: %d chunks stored (%v), want about the %d of the first fill", len(more), err, len(acked))
+	}
+	storetest.CheckHolds(t, s, more)
+	s.Close()
+	s2 := openPackCfg(t, blockd.PackConfig{Dir: dir, PackSize: 64 << 20, MinFreeBytes: -1, MaxBytes: 6 << 20})
+	storetest.CheckHolds(t, s2, more)
+}
+
 // TestPackGroupCommit: concurrent Puts share syncs.
 func TestPackGroupCommit(t *testing.T) {
 	s := openPack(t, t.TempDir())

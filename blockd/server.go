@@ -191,6 +191,9 @@ func (s *Server) route(pattern, name string, op cas.Op, h handler) {
 		}()
 		claims, err := s.authorize(r, op)
 		if err != nil {
+			// Refused before its body is read: close the connection
+			// rather than read (or wait for) a body nobody needs.
+			sw.Header().Set("Connection", "close")
 			s.fail(sw, r, err, nil)
 			return
 		}
@@ -594,6 +597,9 @@ func (s *Server) handlePut(w http.ResponseWriter, r *http.Request, c cas.Claims)
 		reqErr = verifyErr
 	}
 	if reqErr != nil {
+		// The rest of the body is not read to its end (below, at most
+		// a bound): the connection cannot carry another request.
+		w.Header().Set("Connection", "close")
 		s.fail(w, r, reqErr, &stored)
 		// Send the refusal now, then read on (up to a bound) while the
 		// client, still sending, notices it and stops: it reads the

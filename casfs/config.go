@@ -1,6 +1,7 @@
 package casfs
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -53,6 +54,12 @@ type Config struct {
 	// DefaultPolicy is the chunker for new files when neither the file nor
 	// metad names one (default DefaultPolicy).
 	DefaultPolicy cas.Policy
+	// Reclaim, when set, runs when a block store refuses a put for lack
+	// of space, before the put is tried once more and the writer gets
+	// ENOSPC: it frees what deleted files still hold (embedded mode:
+	// metad's garbage collection, then pack compaction; embed.Stores).
+	// Writers that run out of space at the same time share one run.
+	Reclaim func(ctx context.Context) error
 }
 
 // DefaultPolicy is the fallback chunker policy, used only when metad records

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -13,6 +14,7 @@ import (
 
 	"golang.org/x/sync/semaphore"
 
+	"stasis/blockd"
 	"stasis/cas"
 	"stasis/metad"
 )
@@ -37,6 +39,9 @@ type FS struct {
 	gens   map[metad.Node]uint64 // content generation the kernel may cache, for closed files
 
 	stats counters
+
+	reclaimMu  sync.Mutex    // one Reclaim at a time
+	reclaimGen atomic.Uint64 // Reclaim runs finished
 }
 
 type counters struct {
@@ -142,6 +147,36 @@ func (f *FS) retry(ctx context.Context, what string, fn func(ctx context.Context
 		}
 		wait = min(2*wait, time.Second)
 	}
+}
+
+// putChunks stores chunks on ep, retrying transient failures. A refusal
+// for lack of space is not retried (waiting cannot help a full store) but,
+// with Config.Reclaim, space is reclaimed once and the put tried again.
+func (f *FS) putChunks(ctx context.Context, ep metad.Endpoint, token string, chunks []blockd.Chunk) error {
+	put := func(ctx context.Context) error { return f.transport.Put(ctx, ep, token, chunks) }
+	gen := f.reclaimGen.Load()
+	err := f.retry(ctx, "put chunks", put)
+	if err == nil || f.cfg.Reclaim == nil || !noSpace(err) {
+		return err
+	}
+	if rerr := f.reclaim(ctx, gen); rerr != nil {
+		f.log.Warn("reclaiming space failed", "err", rerr)
+		return err
+	}
+	return f.retry(ctx, "put chunks", put)
+}
+
+// reclaim runs Config.Reclaim unless a run finished since gen (another
+// writer's, started after this writer's put failed).
+func (f *FS) reclaim(ctx context.Context, gen uint64) error {
+	f.reclaimMu.Lock()
+	defer f.reclaimMu.Unlock()
+	if f.reclaimGen.Load() != gen {
+		return nil
+	}
+	defer f.reclaimGen.Add(1)
+	f.log.Warn("block store full: reclaiming space before giving up")
+	return f.cfg.Reclaim(ctx)
 }
 
 // Stats combines metad's store-wide totals with this mount's counters.
@@ -306,8 +341,19 @@ func (f *FS) Create(ctx context.Context, req metad.CreateRequest) (metad.Attr, e
 // chunker policy, inherited by new files (e.g. "fixed:4096", "cdc:16k").
 const PolicyXattr = "user.casfs.chunker"
 
+// posixACLPrefix names the POSIX ACL xattrs (system.posix_acl_access,
+// system.posix_acl_default).
+const posixACLPrefix = "system.posix_acl_"
+
 // SetXattr sets an extended attribute; PolicyXattr values are validated.
+// POSIX ACLs are refused with ErrNotSupported (EOPNOTSUPP): casfs does not
+// enforce them, and stored as plain values they only confused tools — cp -p
+// set one on a file it had created 0600 and, its ACL accepted, skipped the
+// chmod to 0644. Refused, tools fall back to chmod.
 func (f *FS) SetXattr(ctx context.Context, n metad.Node, name string, value []byte, flags uint32) error {
+	if strings.HasPrefix(name, posixACLPrefix) {
+		return fmt.Errorf("%w: POSIX ACLs (%s)", ErrNotSupported, name)
+	}
 	if n.Snap != metad.LiveSnap {
 		return metad.ErrReadOnly
 	}

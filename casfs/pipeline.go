@@ -401,9 +401,7 @@ func (p *pipeline) upload(b []*job) ([]cas.Extent, error) {
 		}
 		f.log.Debug("upload batch", "chunks", len(b), "offered", len(ids), "missing", len(plan.Missing), "endpoints", len(plan.Endpoints))
 		for ep, chunks := range byEP {
-			err := f.retry(p.ctx, "put chunks", func(ctx context.Context) error {
-				return f.transport.Put(ctx, plan.Endpoints[ep], plan.Token, chunks)
-			})
+			err := f.putChunks(p.ctx, plan.Endpoints[ep], plan.Token, chunks)
 			if err != nil {
 				return nil, fmt.Errorf("upload to %s: %w", plan.Endpoints[ep].Name, err)
 			}

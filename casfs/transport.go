@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"net/http"
 	"syscall"
 
 	"stasis/blockd"
@@ -94,12 +95,34 @@ func (t ClientTransport) GetMany(ctx context.Context, ep metad.Endpoint, token s
 // unavailable, or the network failed. Corruption, missing data, full disks
 // and refused tokens are not transient.
 func transient(err error) bool {
-	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || noSpace(err) {
 		return false
 	}
 	if errors.Is(err, metad.ErrUnavailable) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) {
 		return true
 	}
+	// A blockd still shedding load after the client's own Retry-After
+	// waits (internal/busy).
+	if se := (*blockd.StatusError)(nil); errors.As(err, &se) && se.Code == http.StatusServiceUnavailable {
+		return true
+	}
+	// A network error. syscall.Errno has the methods of net.Error too: a
+	// bare errno (a local disk's, in embedded mode) is not one.
 	var ne net.Error
-	return errors.As(err, &ne)
+	if errors.As(err, &ne) {
+		_, errno := ne.(syscall.Errno)
+		return !errno
+	}
+	return false
 }
+
+// noSpace reports whether err says a store is full: blockd's ErrNoSpace
+// (a local store, or HTTP 507 from a blockd server), metad's, or the
+// errno of a full disk or quota.
+func noSpace(err error) bool {
+	return errors.Is(err, blockd.ErrNoSpace) || errors.Is(err, metad.ErrNoSpace) ||
+		errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)
+}
+
+// NoSpace reports whether err says a store is full (the errno ENOSPC).
+func NoSpace(err error) bool { return noSpace(err) }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"stasis/cas"
+	"stasis/internal/busy"
 )
 
 // Client speaks metad's HTTP API and implements API. Errors come back as
@@ -77,7 +78,7 @@ func (c *Client) call(ctx context.Context, method string, req, resp any) error {
 	}
 	hr.Header.Set("Content-Type", "application/json")
 	hr.Header.Set("Authorization", "Bearer "+tok)
-	r, err := c.hc.Do(hr)
+	r, err := busy.Do(c.hc, hr)
 	if err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()

@@ -179,6 +179,9 @@ func handle[Req any](s *Server, method string, fn func(ctx context.Context, req 
 			writeJSON(w, status, errorBody{Error: err.Error(), Code: code})
 		}
 		if err := s.authorize(r); err != nil {
+			// Refused before its body is read: close the connection
+			// rather than read (or wait for) a body nobody needs.
+			w.Header().Set("Connection", "close")
 			fail(fmt.Errorf("%w: %v", ErrUnauthorized, err))
 			return
 		}

@@ -12,11 +12,13 @@
 package embed
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"time"
 
 	"stasis/blockd"
 	"stasis/cas"
@@ -40,7 +42,24 @@ type Config struct {
 	NoSync bool
 	// Small shrinks badger's memory (tests, small machines).
 	Small bool
+	// GCInterval is the period of metad's garbage collection (its first
+	// pass after metad's TokenTTL, 10 minutes) and of the block store's
+	// compaction (default DefaultGCInterval; negative disables both). A
+	// put refused for lack of space runs a pass at once (Stores.Reclaim,
+	// casfs.Config.Reclaim) whatever this says.
+	GCInterval time.Duration
+	// MaxBlockBytes, when positive, caps the bytes of the block store's
+	// pack files (blockd.PackConfig.MaxBytes): a quota, under the disk's
+	// own limit (the store keeps blockd's MinFreeBytes free).
+	MaxBlockBytes int64
 }
+
+// DefaultGCInterval is how often embedded mode collects garbage.
+const DefaultGCInterval = 10 * time.Minute
+
+// ReclaimDiscardRatio is the dead fraction above which Reclaim rewrites a
+// pack (the block store's default for its periodic compaction too).
+const ReclaimDiscardRatio = 0.5
 
 // Stores are the running embedded backends.
 type Stores struct {
@@ -58,6 +77,12 @@ func Open(cfg Config) (*Stores, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	switch {
+	case cfg.GCInterval == 0:
+		cfg.GCInterval = DefaultGCInterval
+	case cfg.GCInterval < 0:
+		cfg.GCInterval = -1
+	}
 	staging := filepath.Join(cfg.Dir, "staging")
 	if err := os.MkdirAll(staging, 0o700); err != nil {
 		return nil, err
@@ -71,7 +96,7 @@ func Open(cfg Config) (*Stores, error) {
 	// records are not split between packs), costing a pack creation and
 	// its syncs per batch.
 	blocks, _, err := blockd.OpenStore(blockd.StoreConfig{Dir: filepath.Join(cfg.Dir, "blocks"), Logger: cfg.Logger,
-		Small: cfg.Small, PackSize: 256 << 20,
+		Small: cfg.Small, PackSize: 256 << 20, GCInterval: cfg.GCInterval, MaxBytes: cfg.MaxBlockBytes,
 		// casfs keeps its own chunk cache: the page cache would be a second copy.
 		DirectReads: true})
 	if err != nil {
@@ -98,12 +123,33 @@ func Open(cfg Config) (*Stores, error) {
 		Blocks:        []metad.BlockBackend{{Endpoint: metad.Endpoint{Name: "local", URL: "inproc:"}, Store: blocks}},
 		DefaultPolicy: cfg.Policy,
 		Logger:        cfg.Logger,
+		GCInterval:    max(cfg.GCInterval, 0),
 	})
 	if err != nil {
 		blocks.Close()
 		return nil, fmt.Errorf("embed: metadata store: %w", err)
 	}
 	return &Stores{Meta: meta, Blocks: blocks, Transport: casfs.StoreTransport{Store: blocks}, StagingDir: staging}, nil
+}
+
+// Reclaim runs one garbage collection pass now: metad deletes the chunks
+// no file or snapshot references from the block store, then the store
+// rewrites or removes the packs more than ReclaimDiscardRatio dead (the
+// one being written included). casfs runs it when a put is refused for
+// lack of space (casfs.Config.Reclaim).
+func (s *Stores) Reclaim(ctx context.Context) error {
+	if _, err := s.Meta.GC(ctx); err != nil {
+		return fmt.Errorf("embed: gc: %w", err)
+	}
+	switch b := s.Blocks.(type) {
+	case *blockd.PackStore:
+		if _, err := b.Compact(ctx, ReclaimDiscardRatio); err != nil {
+			return fmt.Errorf("embed: compaction: %w", err)
+		}
+	case *blockd.BadgerStore:
+		b.RunGC(ReclaimDiscardRatio)
+	}
+	return nil
 }
 
 // Close closes metad, then the block store.

@@ -216,7 +216,7 @@ func (r *rootData) toErrno(op string, err error) syscall.Errno {
 		return syscall.EROFS
 	case errors.Is(err, metad.ErrNoData):
 		return syscall.ENODATA
-	case errors.Is(err, metad.ErrNoSpace), errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
+	case casfs.NoSpace(err):
 		return syscall.ENOSPC
 	case errors.Is(err, casfs.ErrNotSupported):
 		return syscall.EOPNOTSUPP

@@ -24,6 +24,7 @@ import (
 )
 
 type serveOptions struct {
+	limits     serve.Limits
 	data       string
 	listen     string
 	secretFile string
@@ -86,6 +87,7 @@ other kind of an existing directory is an error.`,
 	f.DurationVar(&o.gcInterval, "gc-interval", 10*time.Minute, "pack compaction (or badger value-log GC) period (negative disables)")
 	f.BoolVar(&o.directRead, "direct-reads", false, "pack store: read batches (/v1/get) with O_DIRECT, bypassing the page cache (for blockds whose clients cache chunks themselves; the default shares the page cache among clients)")
 	f.Int64Var(&o.minFree, "min-free", 256<<20, "bytes to keep free on the data file system; puts beyond it get 507 (badger, the badger store and the pack index, writes through mmap: a full disk would crash it)")
+	o.limits.AddFlags(f)
 	cmd.AddCommand(newKeygenCmd())
 	return cmd
 }
@@ -141,6 +143,7 @@ func runServe(ctx context.Context, o serveOptions) error {
 	}
 	return serve.HTTP(ctx, log, ln, srv, serve.Options{
 		AddrFile: o.addrFile,
+		Limits:   o.limits,
 		Listening: func(addr string) {
 			st := store.Stats()
 			log.Info("blockd listening", "addr", addr, "name", o.name, "data", o.data, "store", kind,

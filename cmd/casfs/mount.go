@@ -46,6 +46,7 @@ type mountOptions struct {
 	DiskCacheM int64
 	CachedWr   bool
 	ReadAhead  int
+	GCEvery    time.Duration
 }
 
 func init() {
@@ -77,6 +78,7 @@ func init() {
 	f.StringVar(&o.DebugAddr, "debug-addr", "", "serve /debug/pprof on this `ADDR` (e.g. 127.0.0.1:6060)")
 	f.BoolVar(&o.CachedWr, "cached-writes", false, "send writes of write-only opens through the kernel page cache (default: direct, which skips filling cache pages casfs never reads back)")
 	f.IntVar(&o.ReadAhead, "kernel-readahead-kib", fusefs.DefaultKernelReadAheadKiB, "the kernel's read-ahead window for the mount (FUSE's own is 128 KiB, which leaves sequential reads waiting on every request); -1 keeps the kernel's")
+	f.DurationVar(&o.GCEvery, "gc-interval", embed.DefaultGCInterval, "embedded mode: period of garbage collection and pack compaction (the first after 10 minutes; 0 or negative disables; a write to a full store runs one at once)")
 	f.DurationVar(&o.AttrTTL, "attr-timeout", time.Second, "kernel entry/attribute cache time for the live tree")
 	rootCmd.AddCommand(cmd)
 }
@@ -113,12 +115,17 @@ func runMount(ctx context.Context, o *mountOptions, args []string) error {
 			}
 			pol = p
 		}
-		st, err := embed.Open(embed.Config{Dir: o.Data, Logger: log.With("component", "store"), Policy: pol, NoSync: o.NoSync, Small: true})
+		gcEvery := o.GCEvery
+		if gcEvery == 0 {
+			gcEvery = -1 // 0 on the command line means off, as for the daemons
+		}
+		st, err := embed.Open(embed.Config{Dir: o.Data, Logger: log.With("component", "store"), Policy: pol, NoSync: o.NoSync, Small: true,
+			GCInterval: gcEvery})
 		if err != nil {
 			return err
 		}
 		closeStores = st.Close
-		cfg.Meta, cfg.Transport = st.Meta, st.Transport
+		cfg.Meta, cfg.Transport, cfg.Reclaim = st.Meta, st.Transport, st.Reclaim
 		if cfg.StagingDir == "" {
 			cfg.StagingDir = st.StagingDir
 		}

@@ -26,6 +26,7 @@ import (
 )
 
 type serveOptions struct {
+	limits     serve.Limits
 	data       string
 	listen     string
 	secretFile string
@@ -89,6 +90,7 @@ before it returns (one fsync each, several times slower for small files).
 	f.DurationVar(&o.sweep, "sweep-interval", time.Hour, "period of sweeping every blockd for chunks nothing references (0 disables)")
 	f.DurationVar(&o.tokenTTL, "token-ttl", 10*time.Minute, "life of get/put tokens and of upload pins")
 	f.StringVar(&o.policy, "default-policy", "fixed:64k", "chunker policy of new files without one")
+	o.limits.AddFlags(f)
 	cmd.AddCommand(newFsckCmd())
 	return cmd
 }
@@ -203,6 +205,7 @@ func runServe(ctx context.Context, o serveOptions) error {
 	}
 	return serve.HTTP(ctx, log, ln, srv, serve.Options{
 		AddrFile: o.addrFile,
+		Limits:   o.limits,
 		Listening: func(addr string) {
 			log.Info("metad listening", "addr", addr, "data", o.data, "blockd", len(cfg.Blocks), "key_id", keys.CurrentKeyID())
 		},

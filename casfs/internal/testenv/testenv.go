@@ -30,6 +30,7 @@ type Blocks struct {
 	mu       sync.Mutex
 	m        map[cas.ChunkID][]byte
 	puts     int
+	putCalls int
 	failPut  error
 	failGet  error
 	putDelay time.Duration
@@ -59,7 +60,10 @@ func (b *Blocks) Corrupt() {
 // Len is the number of stored chunks; Puts counts Put calls.
 func (b *Blocks) Len() int { b.mu.Lock(); defer b.mu.Unlock(); return len(b.m) }
 
-// Puts is the number of Put calls so far.
+// PutCalls is the number of Put calls so far, failed ones included.
+func (b *Blocks) PutCalls() int { b.mu.Lock(); defer b.mu.Unlock(); return b.putCalls }
+
+// Puts is the number of successful Put calls so far.
 func (b *Blocks) Puts() int { b.mu.Lock(); defer b.mu.Unlock(); return b.puts }
 
 // EncodedBytes sums the stored encodings.
@@ -122,6 +126,7 @@ func (b *Blocks) Put(ctx context.Context, chunks []blockd.Chunk) error {
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	b.putCalls++
 	if b.failPut != nil {
 		return b.failPut
 	}
