@@ -31,10 +31,10 @@ func TestPingInsideLANNotAcross(t *testing.T) {
 		t.Errorf("created %s, want 5 namespaces, 6 links, 4 addresses", res.Created)
 	}
 	ns := func(i int) string { return p.Namespaces[i].Name }
-	if err := pingOnce(ns(0), "10.9.0.2"); err != nil {
+	if err := pingOK(ns(0), "10.9.0.2"); err != nil {
 		t.Errorf("inside red: %v", err)
 	}
-	if err := pingOnce(ns(3), "10.9.0.3"); err != nil {
+	if err := pingOK(ns(3), "10.9.0.3"); err != nil {
 		t.Errorf("inside blue: %v", err)
 	}
 	if err := pingOnce(ns(0), "10.9.0.3"); err == nil {
@@ -100,10 +100,10 @@ func TestExperimentsIsolated(t *testing.T) {
 	if pa.Bridges[0].Name != pb.Bridges[0].Name {
 		t.Fatalf("the experiments should reuse bridge names too")
 	}
-	if err := pingOnce(pa.Namespaces[0].Name, "10.8.0.2"); err != nil {
+	if err := pingOK(pa.Namespaces[0].Name, "10.8.0.2"); err != nil {
 		t.Errorf("inside A: %v", err)
 	}
-	if err := pingOnce(pb.Namespaces[0].Name, "10.8.0.3"); err != nil {
+	if err := pingOK(pb.Namespaces[0].Name, "10.8.0.3"); err != nil {
 		t.Errorf("inside B: %v", err)
 	}
 	if err := pingOnce(pa.Namespaces[0].Name, "10.8.0.3"); err == nil {
@@ -123,7 +123,7 @@ func TestExperimentsIsolated(t *testing.T) {
 		t.Fatal(err)
 	}
 	assertGone(t, a, expB, before)
-	if err := pingOnce(pa.Namespaces[1].Name, "10.8.0.1"); err != nil {
+	if err := pingOK(pa.Namespaces[1].Name, "10.8.0.1"); err != nil {
 		t.Errorf("A after B went down: %v", err)
 	}
 }
@@ -249,7 +249,7 @@ func TestUpIdempotentAndRepairs(t *testing.T) {
 	if st, err := a.Show(ctx, p); err != nil || !st.OK() {
 		t.Errorf("Show after repair: %v %+v", err, st)
 	}
-	if err := pingOnce(n0, "10.7.0.2"); err != nil {
+	if err := pingOK(n0, "10.7.0.2"); err != nil {
 		t.Errorf("after repair: %v", err)
 		for _, c := range [][]string{{"bridge", "-n", p.Switch, "link"}, {"bridge", "-n", p.Switch, "fdb"}, {"ip", "-n", n0, "neigh"}, {"ip", "-n", p.Switch, "link"}, {"ip", "-n", n1, "-d", "addr"}} {
 			out, _ := exec.Command(c[0], c[1:]...).CombinedOutput()
@@ -278,7 +278,7 @@ func TestRateLimit(t *testing.T) {
 	if !strings.Contains(string(out), "rate 20Mbit") {
 		t.Errorf("switch end of n0: %s", out)
 	}
-	if err := pingOnce(p.Namespaces[0].Name, "10.6.0.2"); err != nil {
+	if err := pingOK(p.Namespaces[0].Name, "10.6.0.2"); err != nil {
 		t.Errorf("through the rate limit: %v", err)
 	}
 
@@ -421,7 +421,7 @@ func TestUpRollbackKeepsExistingExperiment(t *testing.T) {
 	if st, err := a.Show(context.Background(), p1); err != nil || !st.OK() {
 		t.Errorf("Show of the original plan: %v %+v", err, st)
 	}
-	if err := pingOnce(p1.Namespaces[0].Name, "10.3.0.2"); err != nil {
+	if err := pingOK(p1.Namespaces[0].Name, "10.3.0.2"); err != nil {
 		t.Errorf("original experiment after failed grow: %v", err)
 	}
 	// Without the fault, the bigger plan goes up over the running one.
@@ -433,7 +433,7 @@ func TestUpRollbackKeepsExistingExperiment(t *testing.T) {
 	if res.Created.Namespaces != 2 || res.Created.Links != 4 {
 		t.Errorf("grow created %s, want 2 namespaces and 4 links (bridge, 2 veths, tap)", res.Created)
 	}
-	if err := pingOnce(p2.Namespaces[3].Name, "10.3.1.1"); err != nil {
+	if err := pingOK(p2.Namespaces[3].Name, "10.3.1.1"); err != nil {
 		t.Errorf("after grow: %v", err)
 	}
 }
@@ -545,7 +545,7 @@ func TestUpReplacesStaleNamespaceFile(t *testing.T) {
 	if res.Created.Namespaces != 3 {
 		t.Errorf("created %s, want 3 namespaces", res.Created)
 	}
-	if err := pingOnce(p.Namespaces[0].Name, "10.11.0.2"); err != nil {
+	if err := pingOK(p.Namespaces[0].Name, "10.11.0.2"); err != nil {
 		t.Error(err)
 	}
 }
@@ -556,7 +556,7 @@ func TestIPv6(t *testing.T) {
 	a := newTestApplier(t)
 	exp := uniqueExp(t)
 	p, _ := upTopology(t, a, lanTopology(exp, []string{"fd00:6::1/64", "fd00:6::2/64"}, []string{"v6", "v6"}))
-	if err := pingOnce(p.Namespaces[0].Name, "fd00:6::2"); err != nil {
+	if err := pingOK(p.Namespaces[0].Name, "fd00:6::2"); err != nil {
 		t.Error(err)
 	}
 }

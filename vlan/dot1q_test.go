@@ -54,7 +54,7 @@ func TestDot1Q(t *testing.T) {
 		if err != nil || !st.OK() {
 			t.Fatalf("Show: %v %+v", err, st)
 		}
-		if err := pingOnce(p.Namespaces[0].Name, "10.1.0.2"); err != nil {
+		if err := pingOK(p.Namespaces[0].Name, "10.1.0.2"); err != nil {
 			t.Error(err)
 		}
 		if _, err := a.Down(ctx, exp); err != nil {

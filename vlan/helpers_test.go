@@ -102,10 +102,18 @@ func cleanupExperiment(t testing.TB, a *Applier, exp string) {
 
 // pingOnce pings addr once from inside namespace ns (busybox ping, 1 s
 // timeout).
-func pingOnce(ns, addr string) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+func pingOnce(ns, addr string) error { return ping(ns, addr, "1") }
+
+// pingOK is pingOnce for a ping that must be answered: it waits up to 5 s
+// for the reply, since on a loaded 2-core machine a first ping (neighbour
+// discovery, IPv6's in particular, and the reply) can take longer than 1 s
+// (TestIPv6 failed so once while QEMU tests ran beside it).
+func pingOK(ns, addr string) error { return ping(ns, addr, "5") }
+
+func ping(ns, addr, wait string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, "ip", "netns", "exec", ns, "busybox", "ping", "-c1", "-W1", addr).CombinedOutput()
+	out, err := exec.CommandContext(ctx, "ip", "netns", "exec", ns, "busybox", "ping", "-c1", "-W"+wait, addr).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("ping %s from %s: %w: %s", addr, ns, err, strings.TrimSpace(string(out)))
 	}
