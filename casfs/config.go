@@ -45,6 +45,9 @@ type Config struct {
 	// block store's fsync; see bench/RESULTS.md.
 	BatchChunks int
 	BatchBytes  int64
+	// BatchIdle is how long a partial batch waits for more chunks before
+	// it goes out anyway (default 100 ms).
+	BatchIdle time.Duration
 	// ReadAheadBytes is how far past a sequential reader chunks are fetched
 	// in the background (default 32 MiB; negative disables read-ahead).
 	ReadAheadBytes int64
@@ -92,6 +95,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.BatchChunks == 0 {
 		c.BatchChunks = 4096
+	}
+	if c.BatchIdle == 0 {
+		c.BatchIdle = 100 * time.Millisecond
 	}
 	if c.BatchBytes == 0 {
 		c.BatchBytes = 32 << 20
@@ -152,6 +158,7 @@ func (c Config) LogValue() slog.Value {
 		slog.Int("uploads", c.Uploads),
 		slog.Int("batch_chunks", c.BatchChunks),
 		slog.Int64("batch_bytes", c.BatchBytes),
+		slog.Duration("batch_idle", c.BatchIdle),
 		slog.Int64("readahead_bytes", c.ReadAheadBytes),
 		slog.Duration("retry_deadline", c.RetryDeadline),
 		slog.String("default_policy", c.DefaultPolicy.String()),

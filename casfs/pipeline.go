@@ -250,12 +250,8 @@ func (p *pipeline) skipped(off, n uint64) error {
 	return nil
 }
 
-// collectIdle is how long a partial batch waits for more chunks before it
-// is uploaded anyway.
-const collectIdle = 100 * time.Millisecond
-
 // collect drains jobs in order into batches and hands them to uploaders.
-// A batch goes out when full, when no job arrived for collectIdle, or at
+// A batch goes out when full, when no job arrived for Config.BatchIdle, or at
 // once when a writer (of any file) waits for pipeline memory and none of
 // this pipeline's batches is uploading (then only flushing can free
 // memory). A writer that is merely slower than the workers, or waits for
@@ -311,7 +307,7 @@ func (p *pipeline) collect() {
 					continue
 				}
 			}
-			idle.Reset(collectIdle)
+			idle.Reset(p.fs.cfg.BatchIdle)
 			select {
 			case j, ok = <-p.order:
 			case <-starved:
