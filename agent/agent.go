@@ -41,6 +41,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -718,4 +719,54 @@ func parallelIdx(nodes []*node, f func(int, *node) error) error {
 	}
 	wg.Wait()
 	return errors.Join(errs...)
+}
+
+// Experiments lists the experiments with a part on this host.
+func (a *Agent) Experiments() []experiment.Key {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := make([]experiment.Key, 0, len(a.exps))
+	for k := range a.exps {
+		out = append(out, k)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].String() < out[j].String() })
+	return out
+}
+
+// Orphans lists QMP sockets under the run directory that a live QEMU still
+// answers although this agent does not run them: VMs left by an agent that
+// stopped. This version cannot re-adopt them; `stasis agent` reports them
+// at start.
+func (a *Agent) Orphans() []string {
+	socks, _ := filepath.Glob(filepath.Join(a.cfg.Dir, "*", "*", "*", "qmp.sock"))
+	var out []string
+	for _, s := range socks {
+		if c, err := net.DialTimeout("unix", s, time.Second); err == nil {
+			c.Close()
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// listenUnix listens on path, refusing it while another process answers
+// there, and makes it accessible to its owner only.
+func listenUnix(path string) (net.Listener, error) {
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("%s: another agent is serving there", path)
+	}
+	os.Remove(path)
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return ln, nil
 }

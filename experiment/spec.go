@@ -730,3 +730,6 @@ func (s *Spec) Hosts() []string {
 	sort.Strings(out)
 	return out
 }
+
+// Marshal writes the spec as YAML that Parse reads back to the same spec.
+func (s *Spec) Marshal() ([]byte, error) { return yaml.Marshal(s) }

@@ -1,0 +1,78 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"stasis/agent"
+)
+
+// agentOptions are the flags of `stasis agent`.
+type agentOptions struct {
+	name      string
+	dir       string
+	socket    string
+	trunkAddr string
+	qemu      string
+	verbose   bool
+	errOut    io.Writer
+}
+
+func init() {
+	host, _ := os.Hostname()
+	opts := &agentOptions{}
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Run the host agent: the experiments' VMs and switches on this host",
+		Long: `agent runs the nodes of experiments placed on this host as QEMU guests and
+one userspace switch per experiment (each guest NIC plugs into it through a
+unix socket; experiment traffic never touches the host's network
+namespace). stasis exp drives it over its HTTP API on a unix socket (mode
+0600). It runs in the foreground; Ctrl-C or SIGTERM stops it.
+
+The switches live inside the agent: stopping it cuts the network of the
+experiments it runs (their VMs run on). This version cannot re-adopt them
+after a restart; it lists such VMs when it starts. Swap experiments out or
+take them down before stopping the agent.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			opts.errOut = cmd.ErrOrStderr()
+			return runAgent(cmd.Context(), opts, args)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&opts.name, "name", host, "this host's name in experiment placements")
+	f.StringVar(&opts.dir, "dir", "/var/lib/stasis/agent", "run directory (QMP sockets, console logs, local disk overlays)")
+	f.StringVar(&opts.socket, "socket", "/run/stasis/agent.sock", "unix socket of the agent's API")
+	f.StringVar(&opts.trunkAddr, "trunk-addr", "127.0.0.1", "IP address the UDP trunks to other hosts' switches bind to")
+	f.StringVar(&opts.qemu, "qemu", "qemu-system-x86_64", "QEMU binary")
+	f.BoolVarP(&opts.verbose, "verbose", "v", false, "log every step")
+	rootCmd.AddCommand(cmd)
+}
+
+func runAgent(ctx context.Context, opts *agentOptions, _ []string) error {
+	level := slog.LevelInfo
+	if opts.verbose {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(opts.errOut, &slog.HandlerOptions{Level: level}))
+	a, err := agent.New(agent.Config{Name: opts.name, Dir: opts.dir, QEMU: opts.qemu, TrunkAddr: opts.trunkAddr, Logger: log})
+	if err != nil {
+		return err
+	}
+	if orphans := a.Orphans(); len(orphans) > 0 {
+		log.Warn("VMs of an earlier agent still run; this agent does not manage them (end them by hand)", "qmp", strings.Join(orphans, " "))
+	}
+	log.Info("agent serving", "name", opts.name, "socket", opts.socket, "dir", opts.dir)
+	err = agent.Serve(ctx, a, opts.socket)
+	if n := len(a.Experiments()); n > 0 {
+		log.Warn(fmt.Sprintf("stopping with %d experiments running: their VMs run on without a network", n))
+	}
+	return err
+}
