@@ -16,6 +16,7 @@ import (
 
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
+	"golang.org/x/term"
 
 	"stasis/agent"
 	"stasis/experiment"
@@ -304,7 +305,7 @@ func runExpSwapout(ctx context.Context, o *expOptions, args []string) error {
 	}
 	c.Sequential = o.sequential
 	var prog *expProgress
-	if !o.noProgress && !o.jsonOut {
+	if !o.noProgress && !o.jsonOut && isTerminal(o.errOut) {
 		prog = &expProgress{w: o.errOut}
 		c.Progress = prog.update
 	}
@@ -501,3 +502,10 @@ func runExpHistory(ctx context.Context, o *expOptions, args []string) error {
 
 // keyOf is parseKey for a name known to be good.
 func keyOf(s string) experiment.Key { k, _ := parseKey(s); return k }
+
+// isTerminal reports whether w is a terminal (a progress bar redraws in
+// place there; in a log it would print every frame).
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}
