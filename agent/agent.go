@@ -33,6 +33,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -72,7 +73,13 @@ type Config struct {
 	// StartTimeout bounds how long a QEMU may take to open its QMP socket
 	// (default 60 s).
 	StartTimeout time.Duration
-	Logger       *slog.Logger
+	// SwitchCommand, when set, runs each experiment's switch in a process
+	// of its own: the command line of `stasis agent switch` (RunSwitch),
+	// to which "--dir DIR" is appended. Such switches, and the VMs, outlive
+	// the agent, and a new agent on the same Dir re-adopts them. Unset, the
+	// switch runs inside the agent and dies with it.
+	SwitchCommand []string
+	Logger        *slog.Logger
 }
 
 // Agent runs experiments' nodes on one host. It is safe for concurrent use
@@ -91,9 +98,10 @@ type exp struct {
 	key   experiment.Key
 	spec  *experiment.Spec
 	dir   string
-	sw    *vswitch.Switch
-	trunk *net.UDPConn // bound, not yet connected (before Connect)
+	net   network
 	nodes []*node
+	// trunked: the experiment spans hosts (the switch has a trunk).
+	trunked bool
 	// pendingLog is a restored network log waiting for the trunk: a
 	// switch takes its log once every port, trunks included, is attached.
 	pendingLog *vswitch.Log
@@ -133,7 +141,9 @@ func New(cfg Config) (*Agent, error) {
 	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
 		return nil, err
 	}
-	return &Agent{cfg: cfg, exps: map[experiment.Key]*exp{}}, nil
+	a := &Agent{cfg: cfg, exps: map[experiment.Key]*exp{}}
+	a.readopt(context.Background())
+	return a, nil
 }
 
 // Name is the host's name.
@@ -156,7 +166,7 @@ func (a *Agent) NodeDir(k experiment.Key, node string) string {
 
 // prepare builds the experiment's switch, its ports and each node's
 // command line, without starting anything.
-func (a *Agent) prepare(req experiment.StartRequest) (*exp, error) {
+func (a *Agent) prepare(ctx context.Context, req experiment.StartRequest) (*exp, error) {
 	s, err := experiment.Parse(req.Spec)
 	if err != nil {
 		return nil, err
@@ -173,11 +183,7 @@ func (a *Agent) prepare(req experiment.StartRequest) (*exp, error) {
 		a.teardown(context.Background(), e)
 		return nil, err
 	}
-	sw, err := vswitch.New(vswitch.Config{Logger: a.cfg.Logger.With("exp", req.Key.String(), "host", a.cfg.Name)})
-	if err != nil {
-		return fail(err)
-	}
-	e.sw = sw
+	var ports []portSpec
 	for _, name := range req.Nodes {
 		n, ok := s.Node(name)
 		if !ok {
@@ -192,27 +198,25 @@ func (a *Agent) prepare(req experiment.StartRequest) (*exp, error) {
 			return fail(err)
 		}
 		for _, nic := range nd.nics {
-			sock := filepath.Join(nd.dir, nic.Interface+".sock")
-			os.Remove(sock) // checked above: no live QEMU uses this directory
-			p, err := vswitch.ListenStream(sock)
-			if err != nil {
-				return fail(fmt.Errorf("node %s: %w", name, err))
-			}
-			if err := sw.AddPort(vswitch.PortConfig{Name: nic.Port, VLAN: uint16(nic.VLAN)}, p); err != nil {
-				p.Close()
-				return fail(fmt.Errorf("node %s: %w", name, err))
-			}
+			ports = append(ports, portSpec{Name: nic.Port, VLAN: nic.VLAN, Sock: filepath.Join(nd.dir, nic.Interface+".sock")})
 		}
 		eff := s.Effective(n)
 		nd.argv = a.argv(req.Key, nd, eff)
 		e.nodes = append(e.nodes, nd)
 	}
-	if req.Trunked {
-		c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.ParseIP(a.cfg.TrunkAddr)})
-		if err != nil {
-			return fail(fmt.Errorf("trunk: %w", err))
+	e.trunked = req.Trunked
+	ncfg := netConfig{Ports: ports, Trunked: req.Trunked, Bind: a.cfg.TrunkAddr}
+	if len(a.cfg.SwitchCommand) > 0 {
+		e.net, err = startProcNet(ctx, a.cfg.SwitchCommand, filepath.Join(e.dir, ".net"), ncfg, a.cfg.StartTimeout)
+	} else {
+		var ln *localNet
+		ln, err = newLocalNet(ncfg, a.cfg.Logger.With("exp", req.Key.String(), "host", a.cfg.Name))
+		if err == nil {
+			e.net = ln
 		}
-		e.trunk = c
+	}
+	if err != nil {
+		return fail(fmt.Errorf("switch: %w", err))
 	}
 	return e, nil
 }
@@ -265,7 +269,7 @@ func (a *Agent) argv(k experiment.Key, nd *node, e experiment.NodeSpec) []string
 
 // Start boots the nodes fresh.
 func (a *Agent) Start(ctx context.Context, req experiment.StartRequest) (string, error) {
-	e, err := a.prepare(req)
+	e, err := a.prepare(ctx, req)
 	if err != nil {
 		return "", err
 	}
@@ -290,14 +294,21 @@ func (a *Agent) Start(ctx context.Context, req experiment.StartRequest) (string,
 		a.teardown(context.WithoutCancel(ctx), e)
 		return "", err
 	}
-	return trunkAddr(e), nil
+	return a.started(ctx, e)
 }
 
-func trunkAddr(e *exp) string {
-	if e.trunk == nil {
-		return ""
+// started records e in its state file (for re-adoption) and returns its
+// trunk address.
+func (a *Agent) started(ctx context.Context, e *exp) (string, error) {
+	addr, err := e.net.TrunkAddr(ctx)
+	if err == nil {
+		err = a.saveState(e)
 	}
-	return e.trunk.LocalAddr().String()
+	if err != nil {
+		a.teardown(context.WithoutCancel(ctx), e)
+		return "", err
+	}
+	return addr, nil
 }
 
 // launch starts QEMU for a fresh boot and connects to its QMP socket.
@@ -364,27 +375,14 @@ func (a *Agent) Connect(ctx context.Context, k experiment.Key, peers map[string]
 	if len(peers) != 1 {
 		return fmt.Errorf("experiment %s spans %d hosts: this agent joins two hosts at most (one trunk)", k, len(peers)+1)
 	}
-	if e.trunk == nil {
-		return fmt.Errorf("experiment %s: no trunk socket on host %s", k, a.cfg.Name)
-	}
 	for peer, addr := range peers {
-		ua, err := net.ResolveUDPAddr("udp", addr)
-		if err != nil {
-			return fmt.Errorf("peer %s: %w", peer, err)
-		}
-		t, err := vswitch.NewUDPTrunkTo(e.trunk, ua)
-		if err != nil {
-			return err
-		}
-		e.trunk = nil // the trunk owns it now
-		if err := e.sw.AddPort(vswitch.PortConfig{Name: "trunk-" + peer, Mode: vswitch.Trunk}, t); err != nil {
-			t.Close()
-			return err
+		if err := e.net.ConnectTrunk(ctx, peer, addr); err != nil {
+			return fmt.Errorf("trunk to %s: %w", peer, err)
 		}
 	}
 	if lg := e.pendingLog; lg != nil {
 		e.pendingLog = nil
-		if err := e.sw.Restore(ctx, lg); err != nil {
+		if err := e.net.Restore(ctx, lg); err != nil {
 			return fmt.Errorf("network log: %w", err)
 		}
 	}
@@ -428,12 +426,12 @@ func (a *Agent) Freeze(ctx context.Context, k experiment.Key, epoch uint64) erro
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if err := e.sw.BeginCheckpoint(ctx, epoch); err != nil {
+	if err := e.net.BeginCheckpoint(ctx, epoch); err != nil {
 		return err
 	}
 	return parallel(e.nodes, func(nd *node) error {
 		for _, nic := range nd.nics {
-			if err := e.sw.FreezePort(ctx, nic.Port); err != nil {
+			if err := e.net.FreezePort(ctx, nic.Port); err != nil {
 				return fmt.Errorf("node %s: freeze %s: %w", nd.name, nic.Port, err)
 			}
 		}
@@ -454,7 +452,7 @@ func (a *Agent) Cut(ctx context.Context, k experiment.Key) error {
 	defer e.mu.Unlock()
 	for _, nd := range e.nodes {
 		for _, nic := range nd.nics {
-			if err := e.sw.PortCheckpointed(ctx, nic.Port); err != nil {
+			if err := e.net.PortCheckpointed(ctx, nic.Port); err != nil {
 				return fmt.Errorf("node %s: %w", nd.name, err)
 			}
 		}
@@ -470,7 +468,7 @@ func (a *Agent) EndCheckpoint(ctx context.Context, k experiment.Key) ([]byte, er
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	lg, err := e.sw.EndCheckpoint(ctx)
+	lg, err := e.net.EndCheckpoint(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -543,7 +541,7 @@ func (a *Agent) Resume(ctx context.Context, k experiment.Key) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	var errs []error
-	if err := e.sw.Resume(ctx); err != nil && !errors.Is(err, vswitch.ErrCheckpoint) {
+	if err := e.net.Resume(ctx); err != nil && !errors.Is(err, vswitch.ErrCheckpoint) {
 		errs = append(errs, fmt.Errorf("switch: %w", err))
 	}
 	errs = append(errs, parallel(e.nodes, func(nd *node) error {
@@ -590,11 +588,8 @@ func (a *Agent) teardown(ctx context.Context, e *exp) error {
 		}
 		return nil
 	})}
-	if e.sw != nil {
-		errs = append(errs, e.sw.Close())
-	}
-	if e.trunk != nil {
-		e.trunk.Close()
+	if e.net != nil {
+		errs = append(errs, e.net.Close())
 	}
 	os.RemoveAll(e.dir)
 	a.mu.Lock()
@@ -607,7 +602,7 @@ func (a *Agent) teardown(ctx context.Context, e *exp) error {
 
 // Restore rebuilds the switch from the log and restores every node paused.
 func (a *Agent) Restore(ctx context.Context, req experiment.RestoreRequest) (string, error) {
-	e, err := a.prepare(req.StartRequest)
+	e, err := a.prepare(ctx, req.StartRequest)
 	if err != nil {
 		return "", err
 	}
@@ -623,7 +618,7 @@ func (a *Agent) Restore(ctx context.Context, req experiment.RestoreRequest) (str
 	}
 	if req.Trunked {
 		e.pendingLog = lg // applied by Connect, after the trunk is attached
-	} else if err := e.sw.Restore(ctx, lg); err != nil {
+	} else if err := e.net.Restore(ctx, lg); err != nil {
 		return fail(err)
 	}
 	err = parallel(e.nodes, func(nd *node) error {
@@ -640,7 +635,7 @@ func (a *Agent) Restore(ctx context.Context, req experiment.RestoreRequest) (str
 	if err != nil {
 		return fail(err)
 	}
-	return trunkAddr(e), nil
+	return a.started(ctx, e)
 }
 
 // Continue resumes the switch (replaying its log) and then every node.
@@ -651,7 +646,7 @@ func (a *Agent) Continue(ctx context.Context, k experiment.Key) error {
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if err := e.sw.Resume(ctx); err != nil && !errors.Is(err, vswitch.ErrCheckpoint) {
+	if err := e.net.Resume(ctx); err != nil && !errors.Is(err, vswitch.ErrCheckpoint) {
 		return fmt.Errorf("switch: %w", err)
 	}
 	return parallel(e.nodes, func(nd *node) error {
@@ -721,6 +716,116 @@ func parallelIdx(nodes []*node, f func(int, *node) error) error {
 	return errors.Join(errs...)
 }
 
+// state is what an agent records of an experiment (DIR/P/E/state.json),
+// so that an agent started later on the same directory re-adopts it.
+type state struct {
+	Key     experiment.Key `json:"key"`
+	Spec    []byte         `json:"spec"`
+	Nodes   []string       `json:"nodes"`
+	Trunked bool           `json:"trunked"`
+	// Process says the switch runs in a process of its own (in .net/).
+	Process bool `json:"process"`
+}
+
+func (a *Agent) saveState(e *exp) error {
+	st := state{Key: e.key, Trunked: e.trunked}
+	st.Spec, _ = e.spec.Marshal()
+	for _, nd := range e.nodes {
+		st.Nodes = append(st.Nodes, nd.name)
+	}
+	_, st.Process = e.net.(*procNet)
+	b, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	tmp := filepath.Join(e.dir, ".state.json.tmp")
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, filepath.Join(e.dir, "state.json"))
+}
+
+// readopt takes over the experiments an earlier agent left running on
+// this directory: those whose switch runs in a process of its own and
+// answers. Their VMs are reached over QMP; a VM that no longer answers is
+// reported "gone" by Status. Experiments whose switch lived in the old
+// agent lost their network and are left alone (Orphans lists their VMs).
+func (a *Agent) readopt(ctx context.Context) {
+	files, _ := filepath.Glob(filepath.Join(a.cfg.Dir, "*", "*", "state.json"))
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		var st state
+		if err := json.Unmarshal(b, &st); err != nil {
+			a.cfg.Logger.Warn("agent: unreadable experiment state, left alone", "file", f, "err", err)
+			continue
+		}
+		log := a.cfg.Logger.With("exp", st.Key.String())
+		if !st.Process {
+			log.Warn("agent: an experiment of an earlier agent lost its in-process switch; not re-adopted", "dir", filepath.Dir(f))
+			continue
+		}
+		s, err := experiment.Parse(st.Spec)
+		if err != nil {
+			log.Warn("agent: bad spec in state, not re-adopted", "err", err)
+			continue
+		}
+		e := &exp{key: st.Key, spec: s, dir: filepath.Dir(f), trunked: st.Trunked}
+		pn := attachNet(filepath.Join(e.dir, ".net"))
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err = pn.Status(cctx)
+		cancel()
+		if err != nil {
+			log.Warn("agent: the experiment's switch process does not answer; not re-adopted", "err", err)
+			continue
+		}
+		e.net = pn
+		for _, name := range st.Nodes {
+			n, ok := s.Node(name)
+			if !ok {
+				continue
+			}
+			nd := &node{name: name, dir: a.NodeDir(st.Key, name), nics: s.NICs(name)}
+			nd.qmp = filepath.Join(nd.dir, "qmp.sock")
+			nd.argv = a.argv(st.Key, nd, s.Effective(n))
+			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			m, err := qemuhook.Connect(cctx, qemuhook.Config{QMP: nd.qmp, Logger: a.cfg.Logger})
+			cancel()
+			if err != nil {
+				log.Warn("agent: a node of a re-adopted experiment does not answer", "node", name, "err", err)
+			} else {
+				nd.m = m
+			}
+			e.nodes = append(e.nodes, nd)
+		}
+		a.exps[st.Key] = e
+		log.Info("agent: re-adopted a running experiment", "nodes", len(e.nodes))
+	}
+}
+
+// Detach lets go of every experiment without ending anything: VMs and
+// switch processes run on for a later agent to re-adopt (in-process
+// switches cannot outlive the agent and are closed).
+func (a *Agent) Detach() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for k, e := range a.exps {
+		e.mu.Lock()
+		for _, nd := range e.nodes {
+			if nd.m != nil {
+				nd.m.Close()
+			}
+		}
+		if e.net != nil {
+			e.net.Detach()
+		}
+		e.mu.Unlock()
+		delete(a.exps, k)
+	}
+}
+
 // Experiments lists the experiments with a part on this host.
 func (a *Agent) Experiments() []experiment.Key {
 	a.mu.Lock()
@@ -738,9 +843,20 @@ func (a *Agent) Experiments() []experiment.Key {
 // stopped. This version cannot re-adopt them; `stasis agent` reports them
 // at start.
 func (a *Agent) Orphans() []string {
+	managed := map[string]bool{}
+	a.mu.Lock()
+	for _, e := range a.exps {
+		for _, nd := range e.nodes {
+			managed[nd.qmp] = true
+		}
+	}
+	a.mu.Unlock()
 	socks, _ := filepath.Glob(filepath.Join(a.cfg.Dir, "*", "*", "*", "qmp.sock"))
 	var out []string
 	for _, s := range socks {
+		if managed[s] {
+			continue
+		}
 		if c, err := net.DialTimeout("unix", s, time.Second); err == nil {
 			c.Close()
 			out = append(out, s)

@@ -36,10 +36,10 @@ unix socket; experiment traffic never touches the host's network
 namespace). stasis exp drives it over its HTTP API on a unix socket (mode
 0600). It runs in the foreground; Ctrl-C or SIGTERM stops it.
 
-The switches live inside the agent: stopping it cuts the network of the
-experiments it runs (their VMs run on). This version cannot re-adopt them
-after a restart; it lists such VMs when it starts. Swap experiments out or
-take them down before stopping the agent.`,
+Each experiment's switch runs in a process of its own ("stasis agent switch"),
+like the VMs: stopping or restarting the agent ends neither, and an agent
+started again on the same --dir re-adopts every experiment it finds there.
+VMs it cannot re-adopt are listed when it starts.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts.errOut = cmd.ErrOrStderr()
@@ -53,6 +53,19 @@ take them down before stopping the agent.`,
 	f.StringVar(&opts.trunkAddr, "trunk-addr", "127.0.0.1", "IP address the UDP trunks to other hosts' switches bind to")
 	f.StringVar(&opts.qemu, "qemu", "qemu-system-x86_64", "QEMU binary")
 	f.BoolVarP(&opts.verbose, "verbose", "v", false, "log every step")
+	var swDir string
+	sw := &cobra.Command{
+		Use:    "switch --dir DIR",
+		Short:  "One experiment's switch (started by the agent)",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: slog.LevelInfo}))
+			return agent.RunSwitch(cmd.Context(), swDir, log)
+		},
+	}
+	sw.Flags().StringVar(&swDir, "dir", "", "the switch's directory (switch.json, switch.sock)")
+	cmd.AddCommand(sw)
 	rootCmd.AddCommand(cmd)
 }
 
@@ -62,9 +75,17 @@ func runAgent(ctx context.Context, opts *agentOptions, _ []string) error {
 		level = slog.LevelDebug
 	}
 	log := slog.New(slog.NewTextHandler(opts.errOut, &slog.HandlerOptions{Level: level}))
-	a, err := agent.New(agent.Config{Name: opts.name, Dir: opts.dir, QEMU: opts.qemu, TrunkAddr: opts.trunkAddr, Logger: log})
+	exe, err := os.Executable()
 	if err != nil {
 		return err
+	}
+	a, err := agent.New(agent.Config{Name: opts.name, Dir: opts.dir, QEMU: opts.qemu, TrunkAddr: opts.trunkAddr, Logger: log,
+		SwitchCommand: []string{exe, "agent", "switch"}})
+	if err != nil {
+		return err
+	}
+	if ks := a.Experiments(); len(ks) > 0 {
+		log.Info("re-adopted running experiments", "count", len(ks))
 	}
 	if orphans := a.Orphans(); len(orphans) > 0 {
 		log.Warn("VMs of an earlier agent still run; this agent does not manage them (end them by hand)", "qmp", strings.Join(orphans, " "))
@@ -72,7 +93,8 @@ func runAgent(ctx context.Context, opts *agentOptions, _ []string) error {
 	log.Info("agent serving", "name", opts.name, "socket", opts.socket, "dir", opts.dir)
 	err = agent.Serve(ctx, a, opts.socket)
 	if n := len(a.Experiments()); n > 0 {
-		log.Warn(fmt.Sprintf("stopping with %d experiments running: their VMs run on without a network", n))
+		log.Info(fmt.Sprintf("stopping; %d experiments run on, for the next agent on %s to re-adopt", n, opts.dir))
 	}
+	a.Detach()
 	return err
 }
