@@ -79,7 +79,11 @@ type Config struct {
 	// the agent, and a new agent on the same Dir re-adopts them. Unset, the
 	// switch runs inside the agent and dies with it.
 	SwitchCommand []string
-	Logger        *slog.Logger
+	// SaveConcurrency is how many of an experiment's nodes Save
+	// checkpoints at once: 0 (the default) saves all of them at once, 1
+	// one after another (for comparison, as bench/exp does).
+	SaveConcurrency int
+	Logger          *slog.Logger
 }
 
 // Agent runs experiments' nodes on one host. It is safe for concurrent use
@@ -488,7 +492,19 @@ func (a *Agent) Save(ctx context.Context, k experiment.Key, dir string, paused t
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	out := make([]experiment.NodeSaved, len(e.nodes))
+	var sem chan struct{}
+	if n := a.cfg.SaveConcurrency; n > 0 {
+		sem = make(chan struct{}, n)
+	}
 	err = parallelIdx(e.nodes, func(i int, nd *node) error {
+		if sem != nil {
+			select {
+			case sem <- struct{}{}:
+				defer func() { <-sem }()
+			case <-ctx.Done():
+				return &experiment.StepError{Step: experiment.StepSave, Node: nd.name, Host: a.cfg.Name, Err: ctx.Err()}
+			}
+		}
 		ndir := filepath.Join(dir, nd.name)
 		var p hypervisor.Progress
 		if pf != nil {

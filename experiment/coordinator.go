@@ -107,8 +107,10 @@ type Coordinator struct {
 	// TakeSnapshot snapshots the experiment directory dir as name; nil
 	// means casfs's: mkdir dir/.snapshots/name.
 	TakeSnapshot func(dir, name string) error
-	// Parallel saves the nodes of each host at once (true), or one after
-	// another (for comparison).
+	// Sequential saves the hosts one after another instead of all at
+	// once (for comparison). It does not order the nodes within a host:
+	// each host's Save decides that (agent.Config.SaveConcurrency), so
+	// with one host Sequential changes nothing.
 	Sequential bool
 }
 
