@@ -20,6 +20,7 @@ type agentOptions struct {
 	socket    string
 	trunkAddr string
 	qemu      string
+	saveConc  int
 	verbose   bool
 	errOut    io.Writer
 }
@@ -52,6 +53,7 @@ VMs it cannot re-adopt are listed when it starts.`,
 	f.StringVar(&opts.socket, "socket", "/run/stasis/agent.sock", "unix socket of the agent's API")
 	f.StringVar(&opts.trunkAddr, "trunk-addr", "127.0.0.1", "IP address the UDP trunks to other hosts' switches bind to")
 	f.StringVar(&opts.qemu, "qemu", "qemu-system-x86_64", "QEMU binary")
+	f.IntVar(&opts.saveConc, "save-concurrency", 0, "how many nodes of an experiment a swapout saves at once (0: all)")
 	f.BoolVarP(&opts.verbose, "verbose", "v", false, "log every step")
 	var swDir string
 	sw := &cobra.Command{
@@ -80,7 +82,7 @@ func runAgent(ctx context.Context, opts *agentOptions, _ []string) error {
 		return err
 	}
 	a, err := agent.New(agent.Config{Name: opts.name, Dir: opts.dir, QEMU: opts.qemu, TrunkAddr: opts.trunkAddr, Logger: log,
-		SwitchCommand: []string{exe, "agent", "switch"}})
+		SwitchCommand: []string{exe, "agent", "switch"}, SaveConcurrency: opts.saveConc})
 	if err != nil {
 		return err
 	}

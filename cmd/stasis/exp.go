@@ -101,7 +101,7 @@ snapshot is whole, every node runs on (or stays paused with --keep-paused)
 and the error names the node and the step.`, cobra.ExactArgs(1), runExpSwapout)
 	out.Flags().StringVar(&opts.snapshot, "snapshot", "", "snapshot name (default: the pause time, UTC)")
 	out.Flags().BoolVar(&opts.keepPaused, "keep-paused", false, "on failure leave every node paused instead of resuming (then: exp resume)")
-	out.Flags().BoolVar(&opts.sequential, "sequential", false, "save the nodes of a host one after another (for comparison)")
+	out.Flags().BoolVar(&opts.sequential, "sequential", false, "save one host after another (for comparison); each agent saves its own nodes as its --save-concurrency says")
 	in := sub("swapin PROJECT/NAME", "Restore the experiment from a snapshot, on the same or other hosts",
 		`swapin restores every node paused from the snapshot (default: the last one),
 rebuilds each host's switch with the frames that were in flight, and resumes
