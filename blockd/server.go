@@ -1,6 +1,7 @@
 package blockd
 
 import (
+	"context"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -462,6 +463,12 @@ func (s *Server) handlePut(w http.ResponseWriter, r *http.Request, c cas.Claims)
 		}
 	}()
 
+	// The whole frames before a failure are stored (the rule above), also
+	// when the failure is the connection's: net/http cancels the request's
+	// context when a body read fails (a client cut off by its read
+	// deadline, or gone), which would turn them into a 500 "context
+	// canceled". A batch is at most BatchBytes, so this is bounded work.
+	storeCtx := context.WithoutCancel(ctx)
 	go func() {
 		defer close(storeDone)
 		// With a put session (badger, pack), batches are written as they
@@ -477,9 +484,9 @@ func (s *Server) handlePut(w http.ResponseWriter, r *http.Request, c cas.Claims)
 			if storeErr == nil {
 				var err error
 				if sess != nil {
-					err = sess.write(ctx, b.chunks)
+					err = sess.write(storeCtx, b.chunks)
 				} else {
-					err = s.store.Put(ctx, b.chunks)
+					err = s.store.Put(storeCtx, b.chunks)
 				}
 				if err != nil {
 					storeErr = err

@@ -136,7 +136,9 @@ func Open(cfg Config) (*Stores, error) {
 // no file or snapshot references from the block store, then the store
 // rewrites or removes the packs more than ReclaimDiscardRatio dead (the
 // one being written included). casfs runs it when a put is refused for
-// lack of space (casfs.Config.Reclaim).
+// lack of space (casfs.Config.Reclaim). Unlike metad's timer, it does not
+// wait a token TTL after start: that wait protects plans handed out before
+// a restart, and embedded metad's only client is this process.
 func (s *Stores) Reclaim(ctx context.Context) error {
 	if _, err := s.Meta.GC(ctx); err != nil {
 		return fmt.Errorf("embed: gc: %w", err)

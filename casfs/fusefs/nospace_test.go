@@ -130,12 +130,19 @@ func TestEmbeddedFullStoreFailsFast(t *testing.T) {
 		t.Fatalf("filling the store: %d files, then %v; want ENOSPC", len(names), err)
 	}
 	before, reclaims := m.puts.Load(), m.reclaims.Load()
-	err = os.WriteFile(filepath.Join(m.mnt, "one-more"), randBytes(99, 2<<20), 0o644)
+	oneMore := filepath.Join(m.mnt, "one-more")
+	err = os.WriteFile(oneMore, randBytes(99, 2<<20), 0o644)
 	if !errors.Is(err, syscall.ENOSPC) {
 		t.Fatalf("writing to a full store: %v, want ENOSPC", err)
 	}
 	if puts, runs := m.puts.Load()-before, m.reclaims.Load()-reclaims; puts != 2 || runs != 1 {
 		t.Fatalf("ENOSPC after %d puts and %d garbage collection passes, want 2 puts around 1 pass", puts, runs)
+	}
+	// Space again, so that a flush of the failed file at unmount succeeds.
+	for _, n := range append(names, oneMore) {
+		if err := os.Remove(n); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 
@@ -151,6 +158,8 @@ func TestFullStoreWithoutReclaimFailsFast(t *testing.T) {
 	if n := e.Blocks.PutCalls(); n != 1 {
 		t.Fatalf("%d puts to a full store, want 1 (no retries)", n)
 	}
+	// Space again, so that the failed file's flush at unmount succeeds.
+	e.Blocks.FailPut(nil)
 }
 
 // TestDaemonFullBlockdIsENOSPC: in daemon mode a full blockd answers 507,

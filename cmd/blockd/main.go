@@ -36,6 +36,7 @@ type serveOptions struct {
 	packSize   int64
 	gcInterval time.Duration
 	minFree    int64
+	maxBytes   int64
 	directRead bool
 }
 
@@ -86,6 +87,7 @@ other kind of an existing directory is an error.`,
 	f.Int64Var(&o.packSize, "pack-size", 0, "pack store: seal a pack file at this many bytes (default 1 GiB, 64 MiB with --small)")
 	f.DurationVar(&o.gcInterval, "gc-interval", 10*time.Minute, "pack compaction (or badger value-log GC) period (negative disables)")
 	f.BoolVar(&o.directRead, "direct-reads", false, "pack store: read batches (/v1/get) with O_DIRECT, bypassing the page cache (for blockds whose clients cache chunks themselves; the default shares the page cache among clients)")
+	f.Int64Var(&o.maxBytes, "max-bytes", 0, "pack store: quota on the bytes of the pack files; puts beyond it get 507 until deletes and compaction free space (0: none)")
 	f.Int64Var(&o.minFree, "min-free", 256<<20, "bytes to keep free on the data file system; puts beyond it get 507 (badger, the badger store and the pack index, writes through mmap: a full disk would crash it)")
 	o.limits.AddFlags(f)
 	cmd.AddCommand(newKeygenCmd())
@@ -131,7 +133,7 @@ func runServe(ctx context.Context, o serveOptions) error {
 	defer ln.Close()
 
 	store, kind, err := blockd.OpenStore(blockd.StoreConfig{Dir: o.data, Kind: o.store, Logger: log.With("component", "store"),
-		Small: o.small, PackSize: o.packSize, GCInterval: o.gcInterval, MinFreeBytes: o.minFree,
+		Small: o.small, PackSize: o.packSize, GCInterval: o.gcInterval, MinFreeBytes: o.minFree, MaxBytes: o.maxBytes,
 		DirectReads: o.directRead})
 	if err != nil {
 		return fmt.Errorf("--data %s: %w", o.data, err)

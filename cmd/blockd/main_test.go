@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -376,5 +378,34 @@ func TestHelpAndKeygen(t *testing.T) {
 	cmd, out = command(t, "keygen", path)
 	if err := runWithTimeout(cmd, 20*time.Second); err == nil || !strings.Contains(out.String(), "exists") {
 		t.Fatalf("keygen overwrote a secret: %v %s", err, out)
+	}
+}
+
+// TestLimitFlags: --max-bytes makes puts beyond the quota 507 (the client
+// returns ErrNoSpace), and --read-timeout cuts off an upload that stalls.
+func TestLimitFlags(t *testing.T) {
+	secret, keys := writeSecret(t)
+	d := start(t, t.TempDir(), secret, "--max-bytes", "2097152", "--read-timeout", "300ms")
+	c := blockd.NewClient("http://"+d.addr, tokens(keys), &http.Client{Timeout: time.Minute})
+	var err error
+	for i := range 100 {
+		if err = c.Put(context.Background(), storetest.Chunks(uint64(100+i), 4, 64<<10)); err != nil {
+			break
+		}
+	}
+	if !errors.Is(err, blockd.ErrNoSpace) {
+		t.Fatalf("puts beyond --max-bytes: %v, want ErrNoSpace", err)
+	}
+
+	conn, err := net.Dial("tcp", d.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	tok, _ := tokens(keys)(cas.OpPut)
+	fmt.Fprintf(conn, "POST /v1/put HTTP/1.1\r\nHost: b1\r\nAuthorization: Bearer %s\r\nContent-Length: 100\r\n\r\n0123456789", tok)
+	conn.SetReadDeadline(time.Now().Add(30 * time.Second)) // generous: the daemon's is 300ms
+	if _, err := io.ReadAll(conn); err != nil {
+		t.Fatalf("stalled upload not cut off by --read-timeout: %v", err)
 	}
 }

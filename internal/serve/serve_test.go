@@ -299,3 +299,42 @@ func TestUnauthenticatedAndOverCap(t *testing.T) {
 		}
 	})
 }
+
+// TestCutUploadKeepsWholeFrames: an upload cut off by the read deadline
+// after a whole frame is answered 400 bad-frame with that frame stored,
+// as for any refused put; it was a 500 "store: context canceled", logged
+// at ERROR, because net/http cancels the request's context when a body
+// read fails.
+func TestCutUploadKeepsWholeFrames(t *testing.T) {
+	keys := testKeys(t)
+	d := newBlockd(t)
+	_, url := start(t, d, serve.Limits{ReadTimeout: 300 * time.Millisecond})
+	data := []byte("the one whole frame of a stalled upload")
+	id := cas.Sum(data)
+	enc := cas.Encode(nil, data)
+	frame := append(append(id[:], byte(len(enc))), enc...)
+	c, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "POST /v1/put HTTP/1.1\r\nHost: b\r\nAuthorization: Bearer %s\r\nContent-Length: %d\r\n\r\n", d.token, len(frame)+100)
+	c.Write(frame)
+	c.SetReadDeadline(time.Now().Add(generous))
+	raw, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatalf("stalled upload not cut off: %v", err)
+	}
+	resp := statusOf(t, raw)
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(body), `"stored":1`) {
+		t.Fatalf("cut upload: %s %s, want 400 with the whole frame stored", resp.Status, body)
+	}
+	tokens := func(op cas.Op) (string, error) {
+		return keys.Mint(cas.Claims{Ops: op, Subject: "test", Scope: "blockd", Expiry: time.Now().Add(time.Hour)})
+	}
+	missing, err := blockd.NewClient(url, tokens, nil).Missing(context.Background(), []cas.ChunkID{id})
+	if err != nil || len(missing) != 0 {
+		t.Fatalf("the whole frame before the cut: missing %v (%v), want stored", missing, err)
+	}
+}
