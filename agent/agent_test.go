@@ -120,13 +120,29 @@ func (e *env) tcp(ctx context.Context, node string) map[string]int {
 	return m
 }
 
-// clock reads the guest's wall clock in ns.
-func (e *env) clock(ctx context.Context, node string) int64 {
+// guestClock is read from the guest's /proc/timer_list in one read: its
+// monotonic clock ("now at") and the offset of its wall clock from it
+// (CLOCK_REALTIME's hrtimer base offset). Both clocks stop while the guest
+// is paused (-rtc clock=vm, TCG); the offset changes only when the wall
+// clock is stepped.
+type guestClock struct {
+	mono, offset int64 // ns
+	host         time.Time
+}
+
+func (e *env) clock(ctx context.Context, node string) guestClock {
 	e.t.Helper()
-	s := e.exec(ctx, node, "cat /proc/uptime; date +%s")
-	f := strings.Fields(s)
-	sec, _ := strconv.ParseInt(f[len(f)-1], 10, 64)
-	return sec
+	out := e.exec(ctx, node, "awk '/^now at/ {print $3} /get_time: *ktime_get_real/ {getline; print $2; exit}' /proc/timer_list")
+	f := strings.Fields(out)
+	var c guestClock
+	if len(f) == 2 {
+		c.mono, _ = strconv.ParseInt(f[0], 10, 64)
+		c.offset, _ = strconv.ParseInt(f[1], 10, 64)
+	}
+	if c.mono == 0 || c.offset == 0 {
+		e.t.Fatalf("%s: cannot read the clocks from %q", node, out)
+	}
+	return c
 }
 
 func (e *env) up(ctx context.Context, spec string, placement map[string]string) {
@@ -201,8 +217,13 @@ func testRoundTrips(t *testing.T, f testguest.Files, twoHosts bool) {
 		time.Sleep(300 * time.Millisecond)
 	}
 
+	// A ping every 10 ms from a to b through r, all through the swaps.
+	const pings = 2000
+	e.exec(ctx, "a", fmt.Sprintf("ping -i 0.01 -c %d -W 30 10.0.2.1 >/tmp/ping.log 2>&1 & true", pings))
+
 	for round := 1; round <= 2; round++ {
-		before := map[string]int64{}
+		before := map[string]guestClock{}
+		hostBefore := time.Now() // before the first read: the host interval only grows
 		for _, n := range []string{"a", "r", "b"} {
 			before[n] = e.clock(ctx, n)
 		}
@@ -233,14 +254,26 @@ func testRoundTrips(t *testing.T, f testguest.Files, twoHosts bool) {
 			t.Fatalf("round %d: swapin: %v", round, err)
 		}
 		t.Logf("round %d: swapin in %v, phases %v, placement %v", round, in.Took.Round(time.Millisecond), in.Phases, in.Placement)
+		after := map[string]guestClock{}
 		for _, n := range []string{"a", "r", "b"} {
-			after := e.clock(ctx, n)
-			// Whole seconds from date(1): the guest ran at most a few
-			// seconds between the reads (the reads themselves); being
-			// swapped out for `away` must not show.
-			if d := after - before[n]; d < 0 || d >= int64(away/time.Second)+10 {
-				t.Errorf("round %d: %s's clock moved %d s across a swap that kept it away %v", round, n, d, away)
+			after[n] = e.clock(ctx, n)
+		}
+		host := time.Since(hostBefore) // covers both reads of every guest
+		for _, n := range []string{"a", "r", "b"} {
+			// The wall clock was not stepped (50 ms: the issue's bound)...
+			if j := time.Duration(after[n].offset - before[n].offset); j < -50*time.Millisecond || j > 50*time.Millisecond {
+				t.Errorf("round %d: %s's wall clock was stepped by %v across the swap", round, n, j)
 			}
+			// ...and the guest's clocks did not count the time it was
+			// away: it was paused at least for the downtime and the
+			// `away` sleep, so it ran at most host - (downtime + away).
+			ran := time.Duration(after[n].mono - before[n].mono)
+			if limit := host - (out.Downtime + away) + 50*time.Millisecond; ran > limit {
+				t.Errorf("round %d: %s's clock advanced %v over %v on the host, of which it was paused at least %v: it counted time it was swapped out",
+					round, n, ran, host, out.Downtime+away)
+			}
+			t.Logf("round %d: %s: clock advanced %v over %v on the host (paused ≥ %v); wall clock stepped %v", round, n,
+				ran.Round(time.Millisecond), host.Round(time.Millisecond), (out.Downtime + away).Round(time.Millisecond), time.Duration(after[n].offset-before[n].offset))
 		}
 	}
 
@@ -253,6 +286,26 @@ func testRoundTrips(t *testing.T, f testguest.Files, twoHosts bool) {
 	}
 	if got := e.exec(ctx, "b", "md5sum /tmp/recv"); strings.Fields(got)[0] != strings.Fields(sum)[0] {
 		t.Fatalf("transfer corrupted: sent %s, received %s", sum, got)
+	}
+	for {
+		out := e.exec(ctx, "a", "tail -n 2 /tmp/ping.log")
+		if strings.Contains(out, "packets transmitted") {
+			var tx, rx int
+			for _, l := range strings.Split(out, "\n") {
+				if strings.Contains(l, "packets transmitted") {
+					fmt.Sscanf(strings.TrimSpace(l), "%d packets transmitted, %d packets received", &tx, &rx)
+				}
+			}
+			if tx != pings || rx != pings {
+				t.Fatalf("pings every 10 ms across the swaps: %d sent, %d answered (want %d, none lost): %s", tx, rx, pings, out)
+			}
+			t.Logf("pings: %d sent every 10 ms, %d answered", tx, rx)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ping did not finish: %s", out)
+		}
+		time.Sleep(time.Second)
 	}
 	if got := e.exec(ctx, "a", "md5sum /tmp/data"); got != sum {
 		t.Fatalf("tmpfs file changed: %s, was %s", got, sum)
