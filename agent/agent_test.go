@@ -207,7 +207,9 @@ func testRoundTrips(t *testing.T, f testguest.Files, twoHosts bool) {
 	const size = 2 << 20
 	s0a, s0b := e.tcp(ctx, "a"), e.tcp(ctx, "b")
 	e.exec(ctx, "b", "sleep 100000 | nc -l -p 5000 >/tmp/recv 2>/dev/null & true")
-	time.Sleep(500 * time.Millisecond) // the listener starts; a connect before it is refused and the test fails loudly
+	// The sender connects once the listener listens (a connect before it
+	// would be refused), however long a loaded TCG guest takes to start nc.
+	e.exec(ctx, "b", "i=0; until netstat -ltn | grep -q ':5000 '; do i=$((i+1)); [ $i -lt 600 ] || exit 1; usleep 100000; done")
 	e.exec(ctx, "a", fmt.Sprintf("(i=0; while [ $i -lt %d ]; do dd if=/tmp/data bs=4096 skip=$i count=1 2>/dev/null; usleep 20000; i=$((i+1)); done </dev/null) | nc 10.0.2.1 5000 >/dev/null 2>&1 & true", size/4096))
 	recv := func() int {
 		n, _ := strconv.Atoi(e.exec(ctx, "b", "wc -c </tmp/recv"))
@@ -343,9 +345,26 @@ func (h *failingHost) Save(ctx context.Context, k experiment.Key, dir string, pa
 	for _, s := range st {
 		if s.Node == h.victim {
 			syscall.Kill(s.Pid, syscall.SIGKILL)
+			// Dead before the save starts, so the save cannot win a race.
+			for i := 0; processAlive(s.Pid); i++ {
+				if i > 1000 {
+					return nil, fmt.Errorf("pid %d survived SIGKILL", s.Pid)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
 		}
 	}
 	return h.Agent.Save(ctx, k, dir, paused, p)
+}
+
+// processAlive reports whether pid runs (a zombie does not).
+func processAlive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	return i < 0 || i+2 >= len(b) || b[i+2] != 'Z'
 }
 
 // TestExperimentSaveFailureResumesOthers: one node's QEMU dies during the
