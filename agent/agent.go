@@ -63,6 +63,11 @@ type Config struct {
 	Name string
 	// Dir is the run directory. Required.
 	Dir string
+	// Root is the experiments directory on this host's casfs mount (what
+	// the coordinator calls --root, as this host mounts it): Save and
+	// Restore name directories relative to it. Required by Save and
+	// Restore.
+	Root string
 	// QEMU is the emulator binary (default qemu-system-x86_64).
 	QEMU string
 	// Accel is QEMU's accelerator (default "tcg").
@@ -491,6 +496,9 @@ func (a *Agent) Save(ctx context.Context, k experiment.Key, dir string, paused t
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	if dir, err = a.resolve(dir); err != nil {
+		return nil, err
+	}
 	out := make([]experiment.NodeSaved, len(e.nodes))
 	var sem chan struct{}
 	if n := a.cfg.SaveConcurrency; n > 0 {
@@ -628,6 +636,10 @@ func (a *Agent) Restore(ctx context.Context, req experiment.RestoreRequest) (str
 		a.teardown(context.WithoutCancel(ctx), e)
 		return "", err
 	}
+	snap, err := a.resolve(req.Snapshot)
+	if err != nil {
+		return fail(err)
+	}
 	lg, err := vswitch.ReadLog(bytes.NewReader(req.Log))
 	if err != nil {
 		return fail(fmt.Errorf("network log: %w", err))
@@ -638,7 +650,7 @@ func (a *Agent) Restore(ctx context.Context, req experiment.RestoreRequest) (str
 		return fail(err)
 	}
 	err = parallel(e.nodes, func(nd *node) error {
-		m, err := qemuhook.Restore(ctx, filepath.Join(req.Snapshot, nd.name), qemuhook.RestoreOptions{
+		m, err := qemuhook.Restore(ctx, filepath.Join(snap, nd.name), qemuhook.RestoreOptions{
 			LocalDir: nd.dir, Paused: true, Log: filepath.Join(nd.dir, "qemu.log"),
 			Argv: nd.argv, QMP: nd.qmp, Cwd: nd.dir, StartTimeout: a.cfg.StartTimeout, Logger: a.cfg.Logger,
 		})
@@ -652,6 +664,18 @@ func (a *Agent) Restore(ctx context.Context, req experiment.RestoreRequest) (str
 		return fail(err)
 	}
 	return a.started(ctx, e)
+}
+
+// resolve turns a directory relative to the experiments root into this
+// host's path, refusing one that leaves the root.
+func (a *Agent) resolve(rel string) (string, error) {
+	if a.cfg.Root == "" {
+		return "", fmt.Errorf("host %s has no experiments root: start its agent with --root MNT/experiments (its casfs mount)", a.cfg.Name)
+	}
+	if filepath.IsAbs(rel) || !filepath.IsLocal(rel) {
+		return "", fmt.Errorf("host %s: %q is not a path inside the experiments root", a.cfg.Name, rel)
+	}
+	return filepath.Join(a.cfg.Root, rel), nil
 }
 
 // Continue resumes the switch (replaying its log) and then every node.

@@ -61,13 +61,26 @@ func newEnv(t *testing.T, name string, hosts ...string) *env {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	e.co = &experiment.Coordinator{Hosts: map[string]experiment.Host{}, Root: filepath.Join(mnt.Dir, "experiments"),
 		State: t.TempDir(), Logger: log}
-	for _, h := range hosts {
+	if err := os.MkdirAll(e.co.Root, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for i, h := range hosts {
 		// Short: unix socket paths under it must stay below 108 bytes.
 		dir, err := os.MkdirTemp("", "ag")
 		if err != nil {
 			t.Fatal(err)
 		}
-		a, err := agent.New(agent.Config{Name: h, Dir: dir, Logger: log})
+		// Every host after the first sees the mount under another path
+		// (a symlink), as hosts with other mount points do: requests name
+		// directories relative to the experiments root.
+		root := e.co.Root
+		if i > 0 {
+			root = filepath.Join(dir, "root")
+			if err := os.Symlink(e.co.Root, root); err != nil {
+				t.Fatal(err)
+			}
+		}
+		a, err := agent.New(agent.Config{Name: h, Dir: dir, Root: root, Logger: log})
 		if err != nil {
 			t.Fatal(err)
 		}

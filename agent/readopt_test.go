@@ -58,7 +58,7 @@ func TestAgentRestartReadopts(t *testing.T) {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	cfg := agent.Config{Name: "h1", Dir: dir, Logger: log, SwitchCommand: []string{"/usr/bin/env", "STASIS_TEST_SWITCH=1", os.Args[0]}}
+	cfg := agent.Config{Name: "h1", Dir: dir, Root: e.co.Root, Logger: log, SwitchCommand: []string{"/usr/bin/env", "STASIS_TEST_SWITCH=1", os.Args[0]}}
 	a1, err := agent.New(cfg)
 	if err != nil {
 		t.Fatal(err)

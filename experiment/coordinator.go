@@ -518,7 +518,7 @@ func (c *Coordinator) Swapout(ctx context.Context, k Key, opts SwapoutOptions) (
 		if !c.Sequential {
 			break
 		}
-		ns, err := c.Hosts[name].Save(ctx, k, dir, paused, c.Progress)
+		ns, err := c.Hosts[name].Save(ctx, k, k.Dir(), paused, c.Progress)
 		saved = append(saved, ns...)
 		if err != nil {
 			saveErr = withHost(err, name)
@@ -527,7 +527,7 @@ func (c *Coordinator) Swapout(ctx context.Context, k Key, opts SwapoutOptions) (
 	}
 	if !c.Sequential {
 		saveErr = c.eachHost(hosts, func(h Host) error {
-			ns, err := h.Save(ctx, k, dir, paused, c.Progress)
+			ns, err := h.Save(ctx, k, k.Dir(), paused, c.Progress)
 			mu.Lock()
 			saved = append(saved, ns...)
 			mu.Unlock()
@@ -724,7 +724,7 @@ func (c *Coordinator) Swapin(ctx context.Context, k Key, opts SwapinOptions) (*S
 	if err := c.eachHost(hosts, func(h Host) error {
 		tr, err := h.Restore(ctx, RestoreRequest{
 			StartRequest: StartRequest{Key: k, Spec: []byte(man.Spec), Nodes: groups[h.Name()], Trunked: trunked},
-			Snapshot:     snap, Log: logs[h.Name()],
+			Snapshot:     filepath.Join(k.Dir(), ".snapshots", name), Log: logs[h.Name()],
 		})
 		mu.Lock()
 		trunks[h.Name()] = tr

@@ -19,6 +19,7 @@ import (
 // fakeHost records the calls it gets and fails the one named in failAt.
 type fakeHost struct {
 	name   string
+	root   string // the experiments directory
 	failAt string
 	mu     sync.Mutex
 	calls  []string
@@ -68,7 +69,7 @@ func (h *fakeHost) Save(_ context.Context, _ Key, dir string, paused time.Time, 
 	}
 	var out []NodeSaved
 	for _, n := range h.nodes {
-		nd := filepath.Join(dir, n)
+		nd := filepath.Join(h.root, dir, n)
 		if err := os.MkdirAll(nd, 0o755); err != nil {
 			return nil, err
 		}
@@ -111,6 +112,7 @@ func newFakeCoordinator(t *testing.T) (*Coordinator, map[string]*fakeHost) {
 	hosts := map[string]*fakeHost{"h1": {name: "h1"}, "h2": {name: "h2"}}
 	c := &Coordinator{Hosts: map[string]Host{}, Root: t.TempDir(), State: t.TempDir()}
 	for n, h := range hosts {
+		h.root = c.Root
 		c.Hosts[n] = h
 	}
 	c.TakeSnapshot = func(dir, name string) error { // a plain directory: copy it

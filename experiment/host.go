@@ -2,6 +2,7 @@ package experiment
 
 import (
 	"context"
+	"path/filepath"
 	"time"
 
 	"stasis/hypervisor"
@@ -46,8 +47,10 @@ type Host interface {
 	// switch's in-flight log, encoded (vswitch.Log.WriteTo).
 	EndCheckpoint(ctx context.Context, key Key) ([]byte, error)
 	// Save writes each paused node into dir/NODE (hypervisor.Checkpoint
-	// with the experiment's pause instant), in parallel. It never resumes
-	// and never destroys. Errors name the node.
+	// with the experiment's pause instant), in parallel. dir is relative to
+	// the experiments directory on the host's casfs mount (Key.Dir()):
+	// every host mounts the same casfs, not necessarily at the same path.
+	// It never resumes and never destroys. Errors name the node.
 	Save(ctx context.Context, key Key, dir string, paused time.Time, p ProgressFunc) ([]NodeSaved, error)
 	// Resume undoes a checkpoint that will not complete: the switch
 	// delivers what it logged and forwards again, then every node
@@ -75,6 +78,10 @@ type Key struct {
 
 func (k Key) String() string { return k.Project + "/" + k.Name }
 
+// Dir is the experiment's directory relative to the experiments directory
+// (PROJECT/NAME).
+func (k Key) Dir() string { return filepath.Join(k.Project, k.Name) }
+
 // StartRequest asks a host to boot nodes of an experiment.
 type StartRequest struct {
 	Key   Key      `json:"key"`
@@ -88,8 +95,9 @@ type StartRequest struct {
 // snapshot.
 type RestoreRequest struct {
 	StartRequest
-	// Snapshot is the experiment snapshot's directory, as this host sees
-	// it (its casfs mount); node NODE is in Snapshot/NODE.
+	// Snapshot is the experiment snapshot's directory relative to the
+	// experiments directory on the host's casfs mount
+	// ("PROJECT/NAME/.snapshots/SNAPSHOT"); node NODE is in Snapshot/NODE.
 	Snapshot string `json:"snapshot"`
 	// Log is this host's share of the network's in-flight frames: the
 	// entries of every switch's log whose destination port is on this

@@ -68,7 +68,7 @@ func runOnce(ctx context.Context, o options, f testguest.Files, log *slog.Logger
 	if sequential {
 		conc = 1
 	}
-	a, err := agent.New(agent.Config{Name: "h1", Dir: agDir, Logger: log, SaveConcurrency: conc})
+	a, err := agent.New(agent.Config{Name: "h1", Dir: agDir, Root: filepath.Join(mnt.mnt, "experiments"), Logger: log, SaveConcurrency: conc})
 	if err != nil {
 		return s, err
 	}

@@ -17,6 +17,7 @@ import (
 type agentOptions struct {
 	name      string
 	dir       string
+	root      string
 	socket    string
 	trunkAddr string
 	qemu      string
@@ -50,6 +51,7 @@ VMs it cannot re-adopt are listed when it starts.`,
 	f := cmd.Flags()
 	f.StringVar(&opts.name, "name", host, "this host's name in experiment placements")
 	f.StringVar(&opts.dir, "dir", "/var/lib/stasis/agent", "run directory (QMP sockets, console logs, local disk overlays)")
+	f.StringVar(&opts.root, "root", "", "the experiments directory on this host's casfs mount, e.g. /mnt/stasis/experiments (required: swapouts save there, swapins read there)")
 	f.StringVar(&opts.socket, "socket", "/run/stasis/agent.sock", "unix socket of the agent's API")
 	f.StringVar(&opts.trunkAddr, "trunk-addr", "127.0.0.1", "IP address the UDP trunks to other hosts' switches bind to")
 	f.StringVar(&opts.qemu, "qemu", "qemu-system-x86_64", "QEMU binary")
@@ -77,11 +79,14 @@ func runAgent(ctx context.Context, opts *agentOptions, _ []string) error {
 		level = slog.LevelDebug
 	}
 	log := slog.New(slog.NewTextHandler(opts.errOut, &slog.HandlerOptions{Level: level}))
+	if opts.root == "" {
+		return fmt.Errorf("--root is required: the experiments directory on this host's casfs mount, e.g. --root /mnt/stasis/experiments")
+	}
 	exe, err := os.Executable()
 	if err != nil {
 		return err
 	}
-	a, err := agent.New(agent.Config{Name: opts.name, Dir: opts.dir, QEMU: opts.qemu, TrunkAddr: opts.trunkAddr, Logger: log,
+	a, err := agent.New(agent.Config{Name: opts.name, Dir: opts.dir, Root: opts.root, QEMU: opts.qemu, TrunkAddr: opts.trunkAddr, Logger: log,
 		SwitchCommand: []string{exe, "agent", "switch"}, SaveConcurrency: opts.saveConc})
 	if err != nil {
 		return err

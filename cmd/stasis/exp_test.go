@@ -59,7 +59,7 @@ func TestExpCLI(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	a, err := agent.New(agent.Config{Name: "h1", Dir: filepath.Join(dir, "run"), Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	a, err := agent.New(agent.Config{Name: "h1", Dir: filepath.Join(dir, "run"), Root: filepath.Join(mnt.Dir, "experiments"), Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
 	if err != nil {
 		t.Fatal(err)
 	}
