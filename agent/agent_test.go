@@ -187,10 +187,10 @@ func (e *env) up(ctx context.Context, spec string, placement map[string]string) 
 // TestExperimentSwapRoundTrips is the experiment's end-to-end check: three
 // QEMU guests on two LANs with a router between them, a TCP transfer from a
 // to b through r running all along, the whole experiment swapped out into
-// casfs and back in twice. The transfer completes intact with no segment
+// casfs and back in (twice on one host). The transfer completes intact with no segment
 // lost, boot ids and a tmpfs file are unchanged, and the guests' clocks
 // continue in virtual time. With two hosts, nodes move between them on the
-// second swapin and the hosts' switches are joined by a UDP trunk.
+// swapin and the hosts' switches are joined by a UDP trunk.
 func TestExperimentSwapRoundTrips(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots three QEMU guests under TCG; skipped with -short")
