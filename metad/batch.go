@@ -165,15 +165,11 @@ func releaseIDs(t Txn, mid uint64, r *releaseRec) ([]cas.ChunkID, error) {
 	return ids[:r.End], nil
 }
 
-// txnLimiter is implemented by stores that bound the writes of one
-// transaction.
+// txnLimiter is the optional rung of a Store that bounds the writes of one
+// transaction; the Service sizes its batches from it.
 type txnLimiter interface {
 	MaxTxnWrites() int
 }
-
-// MaxTxnWrites implements txnLimiter: badger's limit on the entries of one
-// transaction.
-func (b *BadgerStore) MaxTxnWrites() int { return int(b.db.MaxBatchCount()) }
 
 // defaultTxnWrites is assumed for stores without a limit.
 const defaultTxnWrites = 1 << 15

@@ -226,8 +226,8 @@ func (s *Service) gcLoop() {
 		if err := s.compactStats(ctx); err != nil {
 			s.log.Warn("stats compaction failed", "err", err)
 		}
-		if bs, ok := s.st.(*BadgerStore); ok {
-			bs.valueLogGC(s.stop)
+		if m, ok := s.st.(Maintainer); ok {
+			m.Maintain(s.stop)
 		}
 		cancel()
 		timer.Reset(s.cfg.GCInterval)

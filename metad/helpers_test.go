@@ -152,12 +152,19 @@ func testBadger(t testing.TB) BadgerOptions {
 	return BadgerOptions{MemTableSize: 16 << 20, BlockCacheSize: 4 << 20, IndexCacheSize: 2 << 20, ValueLogFileSize: 16 << 20, Logger: testLogger(t)}
 }
 
+// testStore, when set, opens the store of every newEnv in place of memory
+// or badger: it returns a function that opens the env's store, called again
+// by reopen on the same data. RunServiceSuite (export_test.go) sets it to
+// run the service tests on another backend.
+var testStore func(t testing.TB) func() (Store, error)
+
 type env struct {
-	s      *Service
-	blocks []*memBlocks
-	clock  *testClock
-	kr     *cas.Keyring
-	dir    string
+	reopenStore func() (Store, error) // with testStore
+	s           *Service
+	blocks      []*memBlocks
+	clock       *testClock
+	kr          *cas.Keyring
+	dir         string
 }
 
 // newEnv opens a Service on a badger store (or memory when mem) with n
@@ -166,9 +173,17 @@ func newEnv(t testing.TB, mem bool, n int) *env {
 	t.Helper()
 	e := &env{clock: newClock(), kr: testKeyring(t)}
 	cfg := Config{Keyring: e.kr, Now: e.clock.Now, Logger: testLogger(t), TokenTTL: time.Minute}
-	if mem {
+	switch {
+	case testStore != nil:
+		e.reopenStore = testStore(t)
+		st, err := e.reopenStore()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.Store = st
+	case mem:
 		cfg.Store = NewMemStore()
-	} else {
+	default:
 		e.dir = t.TempDir()
 		cfg.Dir, cfg.Badger = e.dir, testBadger(t)
 	}
@@ -194,6 +209,13 @@ func (e *env) reopen(t testing.TB) {
 	}
 	cfg := e.s.cfg
 	cfg.Store, cfg.Dir = nil, e.dir
+	if e.reopenStore != nil {
+		st, err := e.reopenStore()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.Store, cfg.Dir = st, ""
+	}
 	s, err := Open(cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -133,18 +133,21 @@ func NewServer(api API, cfg ServerConfig) (*Server, error) {
 		gauge("metad_blocks_unreported", "blockd servers whose usage the last stats lacked.", func(v Stats) uint64 { return uint64(v.BlocksUnreported) })
 	}
 	if sv, ok := api.(interface{ Store() Store }); ok {
-		if bs, ok := sv.Store().(*BadgerStore); ok {
+		if ss, ok := sv.Store().(Statser); ok {
 			reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
-				Name: "metad_store_syncs_total", Help: "Disk syncs of the metadata store (sync mode commits).",
-			}, func() float64 { return float64(bs.Syncs()) }))
+				Name: "metad_store_syncs_total", Help: "Disk syncs of the metadata store (badger sync mode commits).",
+			}, func() float64 { return float64(ss.StoreStats().Syncs) }))
 			reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-				Name: "metad_store_unsynced", Help: "1 while committed transactions wait for a disk sync (sync mode commits).",
+				Name: "metad_store_unsynced", Help: "1 while committed transactions wait for a disk sync (badger sync mode commits).",
 			}, func() float64 {
-				if bs.Unsynced() {
+				if ss.StoreStats().Unsynced {
 					return 1
 				}
 				return 0
 			}))
+			reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name: "metad_store_retries_total", Help: "Store transactions run again after a conflict or serialization failure.",
+			}, func() float64 { return float64(ss.StoreStats().Retries) }))
 		}
 	}
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {

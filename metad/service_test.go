@@ -13,6 +13,10 @@ import (
 
 // eachStore runs a service test on both store backends.
 func eachStore(t *testing.T, fn func(t *testing.T, e *env)) {
+	if testStore != nil {
+		fn(t, newEnv(t, false, 1)) // the backend of RunServiceSuite
+		return
+	}
 	t.Run("mem", func(t *testing.T) { fn(t, newEnv(t, true, 1)) })
 	t.Run("badger", func(t *testing.T) { fn(t, newEnv(t, false, 1)) })
 }

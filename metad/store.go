@@ -8,7 +8,11 @@ import (
 // Store is the transactional, ordered key-value store under the Service.
 // The Service keeps every record in it (see keys.go for the schema); the
 // badger backend (OpenBadgerStore) is the durable one, the memory backend
-// (NewMemStore) serves fast unit tests. Both pass one conformance suite.
+// (NewMemStore) serves fast unit tests, and metad/pgstore keeps the records
+// in PostgreSQL. All pass one conformance suite (metad/storetest). Service
+// code knows a backend only through this interface and the optional rungs
+// below (Syncer, Maintainer, Statser, and txnLimiter in batch.go); it never
+// asks for a concrete type.
 //
 // Contract:
 //   - View runs fn on a consistent, read-only snapshot of the store.
@@ -58,6 +62,27 @@ type Txn interface {
 // one disk sync where they can.
 type Syncer interface {
 	Sync(ctx context.Context) error
+}
+
+// Maintainer is the rung of a Store that needs background upkeep (badger:
+// value-log GC). The Service's GC loop calls Maintain after each pass; it
+// does as much upkeep as is due and returns, early when stop closes. A
+// store without upkeep does not implement it.
+type Maintainer interface {
+	Maintain(stop <-chan struct{})
+}
+
+// StoreStats are a store's own counters, exported on /metrics.
+type StoreStats struct {
+	Syncs    uint64 // disk syncs done by Sync (Syncer stores)
+	Unsynced bool   // committed transactions wait for a Sync
+	Retries  uint64 // transactions run again after a conflict
+}
+
+// Statser is the rung of a Store that reports StoreStats. Safe for
+// concurrent use and cheap (no I/O): /metrics calls it on every scrape.
+type Statser interface {
+	StoreStats() StoreStats
 }
 
 // Store errors.

@@ -125,11 +125,17 @@ type BadgerStore struct {
 	syncErr   error       // sticky, under syncMu
 	failed    atomic.Bool // syncErr is set
 	syncs     atomic.Uint64
+	retries   atomic.Uint64
 	stopFlush chan struct{}
 	flushDone chan struct{}
 }
 
-var _ Syncer = (*BadgerStore)(nil)
+var (
+	_ Syncer     = (*BadgerStore)(nil)
+	_ Maintainer = (*BadgerStore)(nil)
+	_ Statser    = (*BadgerStore)(nil)
+	_ txnLimiter = (*BadgerStore)(nil)
+)
 
 // maxRetries bounds Update's retries on badger.ErrConflict.
 const maxRetries = 64
@@ -240,6 +246,7 @@ func (b *BadgerStore) Update(ctx context.Context, fn func(Txn) error) error {
 			if attempt >= maxRetries {
 				return fmt.Errorf("%w: gave up after %d attempts", ErrConflict, attempt+1)
 			}
+			b.retries.Add(1)
 			d := time.Duration(rand.Int64N(int64(time.Millisecond) << min(attempt, 6)))
 			select {
 			case <-time.After(d):
@@ -378,9 +385,10 @@ func (b badgerLogger) Warningf(f string, a ...any) { b.log(slog.LevelWarn, f, a.
 func (b badgerLogger) Infof(f string, a ...any)    { b.log(slog.LevelDebug, f, a...) }
 func (b badgerLogger) Debugf(f string, a ...any)   { b.log(slog.LevelDebug, f, a...) }
 
-// valueLogGC rewrites value-log files that are mostly garbage (large
-// manifests live there) until none is left or stop closes.
-func (b *BadgerStore) valueLogGC(stop <-chan struct{}) {
+// Maintain implements Maintainer: it rewrites value-log files that are
+// mostly garbage (large manifests live there) until none is left or stop
+// closes.
+func (b *BadgerStore) Maintain(stop <-chan struct{}) {
 	for {
 		select {
 		case <-stop:
@@ -474,6 +482,15 @@ func (b *BadgerStore) Unsynced() bool { return b.synced.Load() < b.written.Load(
 
 // Syncs is the number of disk syncs Sync has done.
 func (b *BadgerStore) Syncs() uint64 { return b.syncs.Load() }
+
+// MaxTxnWrites implements txnLimiter: badger's limit on the entries of one
+// transaction.
+func (b *BadgerStore) MaxTxnWrites() int { return int(b.db.MaxBatchCount()) }
+
+// StoreStats implements Statser.
+func (b *BadgerStore) StoreStats() StoreStats {
+	return StoreStats{Syncs: b.syncs.Load(), Unsynced: b.Unsynced(), Retries: b.retries.Load()}
+}
 
 // syncFiles makes every committed transaction durable (badger's own
 // DB.Sync misses memtables that filled up since: see internal/badgersync).

@@ -14,6 +14,8 @@ command -v qemu-img >/dev/null || need+=(qemu-utils)
 [ -x /bin/busybox ] && /bin/busybox --help 2>&1 | grep -q static || dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 command -v fusermount3 >/dev/null || need+=(fuse3)
 command -v ip >/dev/null || need+=(iproute2)
+# PostgreSQL server binaries: metad's PostgreSQL store tests start a private server (internal/pgtest).
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 if [ $bench = 1 ]; then
 	for t in restic:restic borg:borgbackup casync:casync rsync:rsync; do
 		command -v "${t%%:*}" >/dev/null || need+=("${t#*:}")

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
 	"strings"
@@ -23,11 +24,13 @@ import (
 	"stasis/cas"
 	"stasis/internal/serve"
 	"stasis/metad"
+	"stasis/metad/pgstore"
 )
 
 type serveOptions struct {
 	limits     serve.Limits
 	data       string
+	store      string
 	listen     string
 	secretFile string
 	blockds    []string
@@ -54,7 +57,10 @@ docs/API.md at --listen (POST /v1/<method>, GET /healthz, GET /metrics).
 Chunks live in the blockd servers named by --blockd NAME=URL (repeatable); NAME
 must be the server's --name, the scope of the tokens metad mints for it.
 Chunks are placed over the servers by rendezvous hashing on NAME, so the set
-must not change once data is stored. --secret-file holds the token keys
+must not change once data is stored. --store postgres://USER@HOST/DB keeps the
+records in PostgreSQL instead of badger (docs/POSTGRES.md; --data, --sync,
+--flush-interval and --small then do not apply: every change is durable when
+the database commits it). --secret-file holds the token keys
 shared with blockd and casfs (lines "KEYID HEX64"; create with "blockd keygen").
 
 Every /v1/ call needs a bearer token with the admin operation for scope
@@ -77,7 +83,8 @@ before it returns (one fsync each, several times slower for small files).
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&o.data, "data", "", "directory of the metadata database (created if missing; required)")
+	f.StringVar(&o.data, "data", "", "directory of the badger metadata database (created if missing; required with --store badger)")
+	f.StringVar(&o.store, "store", "badger", "metadata store: badger (under --data) or a PostgreSQL URL postgres://USER@HOST:PORT/DB (see docs/POSTGRES.md)")
 	f.StringVar(&o.listen, "listen", "127.0.0.1:7000", "address to serve HTTP on (host:port; port 0 picks one)")
 	f.StringVar(&o.secretFile, "secret-file", "", "token key file shared with blockd (required)")
 	f.StringArrayVar(&o.blockds, "blockd", nil, "blockd server as NAME=URL (repeatable; at least one)")
@@ -152,7 +159,13 @@ func runServe(ctx context.Context, o serveOptions) error {
 	if err != nil {
 		return err
 	}
-	if o.data == "" {
+	pg := strings.HasPrefix(o.store, "postgres://") || strings.HasPrefix(o.store, "postgresql://")
+	switch {
+	case pg && o.data != "":
+		return errors.New("--data is for the badger store; with --store postgres://… leave it out")
+	case !pg && o.store != "badger":
+		return fmt.Errorf("--store %q: want badger or a postgres:// URL", o.store)
+	case !pg && o.data == "":
 		return errors.New("--data DIR is required")
 	}
 	keys, err := readKeyring(o.secretFile)
@@ -186,7 +199,13 @@ func runServe(ctx context.Context, o serveOptions) error {
 		}
 		cfg.Blocks = append(cfg.Blocks, metad.BlockBackend{Endpoint: ep, Store: blockd.NewClient(ep.URL, blockTokens(keys, ep.Name), hc)})
 	}
-	if err := os.MkdirAll(o.data, 0o700); err != nil {
+	if pg {
+		st, err := pgstore.Open(ctx, o.store, pgstore.Options{Logger: log.With("component", "pgstore")})
+		if err != nil {
+			return err
+		}
+		cfg.Store, cfg.Dir = st, "" // the Service closes it
+	} else if err := os.MkdirAll(o.data, 0o700); err != nil {
 		return fmt.Errorf("data dir: %w", err)
 	}
 	ln, err := net.Listen("tcp", o.listen)
@@ -196,6 +215,9 @@ func runServe(ctx context.Context, o serveOptions) error {
 	defer ln.Close()
 	svc, err := metad.Open(cfg)
 	if err != nil {
+		if cfg.Store != nil {
+			cfg.Store.Close()
+		}
 		return err
 	}
 	defer svc.Close()
@@ -207,8 +229,20 @@ func runServe(ctx context.Context, o serveOptions) error {
 		AddrFile: o.addrFile,
 		Limits:   o.limits,
 		Listening: func(addr string) {
-			log.Info("metad listening", "addr", addr, "data", o.data, "blockd", len(cfg.Blocks), "key_id", keys.CurrentKeyID())
+			log.Info("metad listening", "addr", addr, "store", storeName(o), "blockd", len(cfg.Blocks), "key_id", keys.CurrentKeyID())
 		},
 		Close: svc.Close,
 	})
+}
+
+// storeName is what the log says about the store: the badger directory,
+// or the PostgreSQL URL without its password.
+func storeName(o serveOptions) string {
+	if o.data != "" {
+		return "badger:" + o.data
+	}
+	if u, err := url.Parse(o.store); err == nil {
+		return u.Redacted()
+	}
+	return "postgres"
 }

@@ -556,6 +556,8 @@ func TestFlagErrors(t *testing.T) {
 		{[]string{"--data", t.TempDir(), "--secret-file", secret, "--blockd", "nourl"}, "NAME=http"},
 		{[]string{"fsck"}, "--data"},
 		{[]string{"--data", t.TempDir(), "--secret-file", secret, "--blockd", "a=http://x", "--sync", "always"}, "--sync"},
+		{[]string{"--store", "mysql://x", "--secret-file", secret, "--blockd", "a=http://x"}, "--store"},
+		{[]string{"--store", "postgres://x@/db", "--data", t.TempDir(), "--secret-file", secret, "--blockd", "a=http://x"}, "--data is for the badger store"},
 	} {
 		cmd := exec.Command(os.Args[0], tc.args...)
 		cmd.Env = append(os.Environ(), "METAD_TEST_MAIN=1")
