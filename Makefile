@@ -10,7 +10,7 @@ TEST_TIMEOUT ?= 15m
 TEST_DEADLINE ?= 25m
 export TEST_TIMEOUT TEST_DEADLINE
 
-.PHONY: all build run check deps fmt-check vet test bench microbench clean guest
+.PHONY: all build run check deps fmt-check vet test bench bench-exp microbench clean guest
 
 all: build
 
@@ -48,6 +48,11 @@ test:
 bench: build
 	@scripts/install-deps.sh --bench
 	$(GO) run ./bench/e2e -casfs bin/casfs -out bench/RESULTS.md -plots bench/plots $(BENCH_ARGS)
+
+## bench-exp: experiment swapout downtime and swapin time, 1/2/4 QEMU test guests, nodes saved in
+## parallel vs one after another (bench/exp); prints a markdown table. BENCH_EXP_ARGS: e.g. -out bench/RESULTS.md.
+bench-exp: build
+	$(GO) run ./bench/exp -casfs bin/casfs $(BENCH_EXP_ARGS)
 
 ## microbench: the packages' go test benchmarks (chunkers, codec, blockd, metad, casfs).
 microbench:

@@ -77,11 +77,17 @@ func main() {
 	// would leave the QEMUs and the mount.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	finished := make(chan struct{})
 	go func() {
-		<-ctx.Done()
-		fmt.Fprintln(os.Stderr, "exp: interrupted: taking the run down")
+		select {
+		case <-ctx.Done():
+			fmt.Fprintln(os.Stderr, "exp: interrupted: taking the run down")
+		case <-finished:
+		}
 	}()
-	if err := run(ctx, o, os.Args[1:]); err != nil {
+	err := run(ctx, o, os.Args[1:])
+	close(finished)
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "exp:", err)
 		os.Exit(1)
 	}
