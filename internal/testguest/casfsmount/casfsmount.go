@@ -28,7 +28,10 @@ import (
 // Options tune a mount.
 type Options struct {
 	// RetryDeadline is how long casfs retries a failing store before the
-	// writer gets EIO (default 3 s, short so fault tests are quick).
+	// writer gets EIO (default 2 min). It also bounds a single slow call:
+	// under -race on a loaded 2-core machine, committing a VM's memory took
+	// longer than the 3 s default this had (the agent's two-host test failed
+	// so in make check). Fault tests set a short one.
 	RetryDeadline time.Duration
 	Logger        *slog.Logger
 }
@@ -45,7 +48,7 @@ type Mount struct {
 func New(t testing.TB, o Options) *Mount {
 	t.Helper()
 	if o.RetryDeadline == 0 {
-		o.RetryDeadline = 3 * time.Second
+		o.RetryDeadline = 2 * time.Minute
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
