@@ -26,8 +26,16 @@ func benchEnvMode(b *testing.B, mode SyncMode) *env {
 	e.dir = b.TempDir()
 	bl := newMemBlocks()
 	e.blocks = []*memBlocks{bl}
-	s, err := Open(Config{Dir: e.dir, Badger: BadgerOptions{Sync: mode, MemTableSize: 64 << 20, BlockCacheSize: 32 << 20, IndexCacheSize: 16 << 20, ValueLogFileSize: 64 << 20},
-		Keyring: e.kr, Now: e.clock.Now, Blocks: []BlockBackend{{Endpoint: Endpoint{Name: "b0"}, Store: bl}}})
+	cfg := Config{Dir: e.dir, Badger: BadgerOptions{Sync: mode, MemTableSize: 64 << 20, BlockCacheSize: 32 << 20, IndexCacheSize: 16 << 20, ValueLogFileSize: 64 << 20},
+		Keyring: e.kr, Now: e.clock.Now, Blocks: []BlockBackend{{Endpoint: Endpoint{Name: "b0"}, Store: bl}}}
+	if testStore != nil { // another backend (BenchStores)
+		st, err := testStore(b)()
+		if err != nil {
+			b.Fatal(err)
+		}
+		cfg.Store, cfg.Dir = st, ""
+	}
+	s, err := Open(cfg)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -155,8 +163,10 @@ func gibManifest(seed int) (cas.Manifest, []cas.ChunkID) {
 // BenchmarkCommit1GiB commits a new 1 GiB manifest (16384 new chunks) over
 // the previous one (whose 16384 chunks die) each iteration: the refcount
 // work of a full rewrite, in one transaction.
-func BenchmarkCommit1GiB(b *testing.B) {
-	e := benchEnv(b, true)
+func BenchmarkCommit1GiB(b *testing.B) { benchCommit1GiB(b, SyncAll) }
+
+func benchCommit1GiB(b *testing.B, mode SyncMode) {
+	e := benchEnvMode(b, mode)
 	ctx := context.Background()
 	f := e.mkfile(b, RootIno, "big")
 	ms := make([]cas.Manifest, 0, 8)

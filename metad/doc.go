@@ -6,7 +6,7 @@
 //
 // # Layers
 //
-// A Store (ordered transactional KV: BadgerStore, or MemStore for tests)
+// A Store (ordered transactional KV: BadgerStore, pgstore on PostgreSQL, or MemStore for tests)
 // holds every record; keys.go documents the key schema. Service implements
 // API over a Store with all the logic: validation, reference counts, pins,
 // placement, tokens, GC. Server adapts any API to HTTP/JSON (docs/API.md)

@@ -36,3 +36,13 @@ func funcName(fn func(*testing.T)) string {
 	n := runtime.FuncForPC(reflect.ValueOf(fn).Pointer()).Name()
 	return strings.TrimPrefix(n[strings.LastIndex(n, ".")+1:], "Test")
 }
+
+// BenchStores runs the store-bound benchmarks (creates, a 1 GiB commit of
+// 16384 chunks over another) on badger in mode, or, when open is set, on the
+// stores it opens (see RunServiceSuite).
+func BenchStores(b *testing.B, mode SyncMode, open func(testing.TB) func() (Store, error)) {
+	testStore = open
+	defer func() { testStore = nil }()
+	b.Run("Create", func(b *testing.B) { benchCreate(b, mode) })
+	b.Run("Commit1GiB", func(b *testing.B) { benchCommit1GiB(b, mode) })
+}
