@@ -18,6 +18,7 @@ import (
 	"stasis/experiment"
 	"stasis/internal/testguest"
 	"stasis/internal/testguest/casfsmount"
+	"stasis/qemuhook"
 )
 
 // threeNodes is a 3-node experiment: a and b on two LANs, r routing
@@ -377,7 +378,7 @@ func (h *failingHost) Save(ctx context.Context, k experiment.Key, dir string, pa
 		if s.Node == h.victim {
 			syscall.Kill(s.Pid, syscall.SIGKILL)
 			// Dead before the save starts, so the save cannot win a race.
-			for i := 0; processAlive(s.Pid); i++ {
+			for i := 0; qemuhook.Alive(s.Pid); i++ {
 				if i > 1000 {
 					return nil, fmt.Errorf("pid %d survived SIGKILL", s.Pid)
 				}
@@ -386,16 +387,6 @@ func (h *failingHost) Save(ctx context.Context, k experiment.Key, dir string, pa
 		}
 	}
 	return h.Agent.Save(ctx, k, dir, paused, p)
-}
-
-// processAlive reports whether pid runs (a zombie does not).
-func processAlive(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	i := strings.LastIndexByte(string(b), ')')
-	return i < 0 || i+2 >= len(b) || b[i+2] != 'Z'
 }
 
 // TestExperimentSaveFailureResumesOthers: one node's QEMU dies during the

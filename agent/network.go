@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"stasis/qemuhook"
 	"stasis/vlan/vswitch"
 )
 
@@ -241,14 +242,14 @@ func (n *procNet) Close() error {
 	defer cancel()
 	pid := readPid(n.dir)
 	err := n.call(ctx, http.MethodPost, "/v1/shutdown", nil, nil)
-	for i := 0; pid > 0 && alive(pid) && i < 200; i++ {
+	for i := 0; pid > 0 && qemuhook.Alive(pid) && i < 200; i++ {
 		time.Sleep(25 * time.Millisecond)
 	}
-	if pid > 0 && alive(pid) {
+	if pid > 0 && qemuhook.Alive(pid) {
 		syscall.Kill(pid, syscall.SIGKILL)
 	}
 	n.Client.CloseIdleConnections()
-	if err != nil && pid > 0 && !alive(pid) {
+	if err != nil && pid > 0 && !qemuhook.Alive(pid) {
 		return nil // gone either way
 	}
 	return err
@@ -263,16 +264,6 @@ func readPid(dir string) int {
 	}
 	pid, _ := strconv.Atoi(string(bytes.TrimSpace(b)))
 	return pid
-}
-
-// alive reports whether pid runs and is not a zombie.
-func alive(pid int) bool {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return false
-	}
-	i := bytes.LastIndexByte(b, ')')
-	return i < 0 || i+2 >= len(b) || b[i+2] != 'Z'
 }
 
 // RunSwitch is the switch process (`stasis agent switch --dir DIR`): it

@@ -276,6 +276,10 @@ func (m *Machine) waitExit(ctx context.Context, d time.Duration) error {
 	}
 }
 
+// Alive reports whether pid exists and is not a zombie (a process that
+// exited but was not yet reaped counts as gone).
+func Alive(pid int) bool { return alive(pid) }
+
 // alive reports whether pid exists and is not a zombie.
 func alive(pid int) bool {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
