@@ -294,6 +294,15 @@ func (c *Coordinator) place(s *Spec, override map[string]string) (map[string]str
 	return out, errors.Join(errs...)
 }
 
+// hosts lists the hosts of the record's placement, sorted.
+func (r *Record) hosts() []string {
+	set := map[string][]string{}
+	for n, h := range r.Placement {
+		set[h] = append(set[h], n)
+	}
+	return sortedKeys(set)
+}
+
 // byHost groups a placement's nodes per host, in spec order.
 func byHost(s *Spec, placement map[string]string) map[string][]string {
 	out := map[string][]string{}
@@ -309,10 +318,15 @@ func (c *Coordinator) eachHost(hosts []string, f func(h Host) error) error {
 	errs := make([]error, len(hosts))
 	var wg sync.WaitGroup
 	for i, name := range hosts {
+		h := c.Hosts[name]
+		if h == nil {
+			errs[i] = fmt.Errorf("host %s has no agent here (give it with --agent %s=SOCKET)", name, name)
+			continue
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[i] = f(c.Hosts[name])
+			errs[i] = f(h)
 		}()
 	}
 	wg.Wait()
@@ -769,12 +783,7 @@ func (c *Coordinator) Resume(ctx context.Context, k Key) error {
 	if r.State != StatePaused && r.State != StateFailed {
 		return fmt.Errorf("experiment %s is %s, not paused", k, r.State)
 	}
-	s, err := Parse([]byte(r.Spec))
-	if err != nil {
-		return err
-	}
-	hosts := sortedKeys(byHost(s, r.Placement))
-	err = c.eachHost(hosts, func(h Host) error {
+	err = c.eachHost(r.hosts(), func(h Host) error {
 		if err := h.Resume(ctx, k); err != nil {
 			return withHost(err, h.Name())
 		}
@@ -800,13 +809,8 @@ func (c *Coordinator) Down(ctx context.Context, k Key) error {
 	if err != nil {
 		return err
 	}
-	s, err := Parse([]byte(r.Spec))
-	if err != nil {
-		return err
-	}
 	if r.State != StateSwappedOut {
-		hosts := sortedKeys(byHost(s, r.Placement))
-		if err := c.eachHost(hosts, func(h Host) error { return withHost(h.Destroy(ctx, k), h.Name()) }); err != nil {
+		if err := c.eachHost(r.hosts(), func(h Host) error { return withHost(h.Destroy(ctx, k), h.Name()) }); err != nil {
 			return c.failed(r, "down", err)
 		}
 	}
@@ -827,13 +831,9 @@ func (c *Coordinator) Status(ctx context.Context, k Key) (*Record, []NodeStatus,
 	if r.State == StateSwappedOut {
 		return r, nil, nil
 	}
-	s, err := Parse([]byte(r.Spec))
-	if err != nil {
-		return r, nil, err
-	}
 	var out []NodeStatus
 	var mu sync.Mutex
-	err = c.eachHost(sortedKeys(byHost(s, r.Placement)), func(h Host) error {
+	err = c.eachHost(r.hosts(), func(h Host) error {
 		st, err := h.Status(ctx, k)
 		mu.Lock()
 		out = append(out, st...)

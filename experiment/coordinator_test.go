@@ -251,3 +251,22 @@ func copyTree(t *testing.T, src, dst string) {
 		return os.WriteFile(filepath.Join(dst, rel), b, 0o644)
 	})
 }
+
+// An operation on an experiment whose host has no agent here fails with a
+// message naming the host, for every operation that reaches hosts.
+func TestMissingAgent(t *testing.T) {
+	c, _ := newFakeCoordinator(t)
+	delete(c.Hosts, "h2")
+	k := Key{"p", "e"}
+	ctx := context.Background()
+	_, _, err := c.Status(ctx, k)
+	if err == nil || !strings.Contains(err.Error(), "host h2 has no agent here") {
+		t.Fatalf("status: %v", err)
+	}
+	if err := c.Down(ctx, k); err == nil || !strings.Contains(err.Error(), "host h2 has no agent here") {
+		t.Fatalf("down: %v", err)
+	}
+	if _, err := c.Swapout(ctx, k, SwapoutOptions{}); err == nil || !strings.Contains(err.Error(), "h2") {
+		t.Fatalf("swapout: %v", err)
+	}
+}
