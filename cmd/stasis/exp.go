@@ -151,6 +151,16 @@ func (o *expOptions) coordinator(ctx context.Context, needRoot bool) (*experimen
 	return c, nil
 }
 
+// experiment names the experiment of a command and connects to the agents.
+func (o *expOptions) experiment(ctx context.Context, name string, needRoot bool) (experiment.Key, *experiment.Coordinator, error) {
+	k, err := parseKey(name)
+	if err != nil {
+		return k, nil, err
+	}
+	c, err := o.coordinator(ctx, needRoot)
+	return k, c, err
+}
+
 func parseKey(s string) (experiment.Key, error) {
 	p, n, ok := strings.Cut(s, "/")
 	if !ok || p == "" || n == "" || strings.Contains(n, "/") {
@@ -295,11 +305,7 @@ func (p *expProgress) finish() {
 }
 
 func runExpSwapout(ctx context.Context, o *expOptions, args []string) error {
-	k, err := parseKey(args[0])
-	if err != nil {
-		return err
-	}
-	c, err := o.coordinator(ctx, true)
+	k, c, err := o.experiment(ctx, args[0], true)
 	if err != nil {
 		return err
 	}
@@ -350,15 +356,11 @@ func printPhases(w io.Writer, ps []experiment.Phase) {
 }
 
 func runExpSwapin(ctx context.Context, o *expOptions, args []string) error {
-	k, err := parseKey(args[0])
+	pl, err := parsePlace(o.place) // a bad flag fails before any agent is asked
 	if err != nil {
 		return err
 	}
-	pl, err := parsePlace(o.place)
-	if err != nil {
-		return err
-	}
-	c, err := o.coordinator(ctx, true)
+	k, c, err := o.experiment(ctx, args[0], true)
 	if err != nil {
 		return err
 	}
@@ -380,11 +382,7 @@ func runExpSwapin(ctx context.Context, o *expOptions, args []string) error {
 }
 
 func runExpResume(ctx context.Context, o *expOptions, args []string) error {
-	k, err := parseKey(args[0])
-	if err != nil {
-		return err
-	}
-	c, err := o.coordinator(ctx, false)
+	k, c, err := o.experiment(ctx, args[0], false)
 	if err != nil {
 		return err
 	}
@@ -396,11 +394,7 @@ func runExpResume(ctx context.Context, o *expOptions, args []string) error {
 }
 
 func runExpDown(ctx context.Context, o *expOptions, args []string) error {
-	k, err := parseKey(args[0])
-	if err != nil {
-		return err
-	}
-	c, err := o.coordinator(ctx, false)
+	k, c, err := o.experiment(ctx, args[0], false)
 	if err != nil {
 		return err
 	}
@@ -412,11 +406,7 @@ func runExpDown(ctx context.Context, o *expOptions, args []string) error {
 }
 
 func runExpStatus(ctx context.Context, o *expOptions, args []string) error {
-	k, err := parseKey(args[0])
-	if err != nil {
-		return err
-	}
-	c, err := o.coordinator(ctx, false)
+	k, c, err := o.experiment(ctx, args[0], false)
 	if err != nil {
 		return err
 	}
