@@ -120,6 +120,7 @@ type node struct {
 	name string
 	dir  string
 	nics []experiment.NIC
+	eff  experiment.NodeSpec // the node's settings, defaults applied
 	argv []string
 	qmp  string
 	m    *qemuhook.Machine
@@ -194,12 +195,10 @@ func (a *Agent) prepare(ctx context.Context, req experiment.StartRequest) (*exp,
 	}
 	var ports []portSpec
 	for _, name := range req.Nodes {
-		n, ok := s.Node(name)
+		nd, ok := a.newNode(req.Key, s, name)
 		if !ok {
 			return fail(fmt.Errorf("experiment %s has no node %q", req.Key, name))
 		}
-		nd := &node{name: name, dir: a.NodeDir(req.Key, name), nics: s.NICs(name)}
-		nd.qmp = filepath.Join(nd.dir, "qmp.sock")
 		if err := os.MkdirAll(nd.dir, 0o755); err != nil {
 			return fail(err)
 		}
@@ -207,10 +206,8 @@ func (a *Agent) prepare(ctx context.Context, req experiment.StartRequest) (*exp,
 			return fail(err)
 		}
 		for _, nic := range nd.nics {
-			ports = append(ports, portSpec{Name: nic.Port, VLAN: nic.VLAN, Sock: filepath.Join(nd.dir, nic.Interface+".sock")})
+			ports = append(ports, portSpec{Name: nic.Port, VLAN: nic.VLAN, Sock: nd.nicSock(nic)})
 		}
-		eff := s.Effective(n)
-		nd.argv = a.argv(req.Key, nd, eff)
 		e.nodes = append(e.nodes, nd)
 	}
 	e.trunked = req.Trunked
@@ -230,6 +227,24 @@ func (a *Agent) prepare(ctx context.Context, req experiment.StartRequest) (*exp,
 	return e, nil
 }
 
+// newNode describes node name of spec s as this host runs it (its run
+// directory, NICs, settings and QEMU command line); it creates nothing.
+func (a *Agent) newNode(k experiment.Key, s *experiment.Spec, name string) (*node, bool) {
+	n, ok := s.Node(name)
+	if !ok {
+		return nil, false
+	}
+	nd := &node{name: name, dir: a.NodeDir(k, name), nics: s.NICs(name), eff: s.Effective(n)}
+	nd.qmp = filepath.Join(nd.dir, "qmp.sock")
+	nd.argv = a.argv(k, nd)
+	return nd, true
+}
+
+// nicSock is the switch's end of a NIC's netdev.
+func (nd *node) nicSock(nic experiment.NIC) string {
+	return filepath.Join(nd.dir, nic.Interface+".sock")
+}
+
 // liveCheck refuses a node directory whose QMP socket still answers: a
 // QEMU from before is alive there, and its files must not be reused.
 func (a *Agent) liveCheck(nd *node) error {
@@ -242,7 +257,8 @@ func (a *Agent) liveCheck(nd *node) error {
 }
 
 // argv is node's QEMU command line on this host.
-func (a *Agent) argv(k experiment.Key, nd *node, e experiment.NodeSpec) []string {
+func (a *Agent) argv(k experiment.Key, nd *node) []string {
+	e := nd.eff
 	args := []string{a.cfg.QEMU, "-name", k.String() + "/" + nd.name,
 		"-accel", a.cfg.Accel, "-machine", "pc", "-m", strconv.FormatInt(int64(e.Memory), 10) + "M",
 		"-smp", strconv.Itoa(e.CPUs),
@@ -267,7 +283,7 @@ func (a *Agent) argv(k experiment.Key, nd *node, e experiment.NodeSpec) []string
 	for i, nic := range nd.nics {
 		id := "n" + strconv.Itoa(i)
 		args = append(args,
-			"-netdev", "stream,id="+id+",server=off,addr.type=unix,addr.path="+filepath.Join(nd.dir, nic.Interface+".sock"),
+			"-netdev", "stream,id="+id+",server=off,addr.type=unix,addr.path="+nd.nicSock(nic),
 			"-device", "virtio-net-pci,netdev="+id+",mac="+nic.MAC+",romfile=")
 	}
 	for _, x := range e.QEMUArgs {
@@ -285,7 +301,7 @@ func (a *Agent) Start(ctx context.Context, req experiment.StartRequest) (string,
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	err = parallel(e.nodes, func(nd *node) error {
-		eff := func() experiment.NodeSpec { n, _ := e.spec.Node(nd.name); return e.spec.Effective(n) }()
+		eff := nd.eff
 		if eff.Image != "" {
 			format := "raw"
 			if strings.HasSuffix(eff.Image, ".qcow2") {
@@ -823,13 +839,10 @@ func (a *Agent) readopt(ctx context.Context) {
 		}
 		e.net = pn
 		for _, name := range st.Nodes {
-			n, ok := s.Node(name)
+			nd, ok := a.newNode(st.Key, s, name)
 			if !ok {
 				continue
 			}
-			nd := &node{name: name, dir: a.NodeDir(st.Key, name), nics: s.NICs(name)}
-			nd.qmp = filepath.Join(nd.dir, "qmp.sock")
-			nd.argv = a.argv(st.Key, nd, s.Effective(n))
 			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			m, err := qemuhook.Connect(cctx, qemuhook.Config{QMP: nd.qmp, Logger: a.cfg.Logger})
 			cancel()
