@@ -46,7 +46,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/zeebo/blake3"
@@ -124,8 +123,6 @@ type node struct {
 	argv []string
 	qmp  string
 	m    *qemuhook.Machine
-	proc *os.Process   // when this agent started QEMU itself
-	done chan struct{} // closed when proc has been reaped
 }
 
 // New makes an agent.
@@ -338,46 +335,13 @@ func (a *Agent) started(ctx context.Context, e *exp) (string, error) {
 
 // launch starts QEMU for a fresh boot and connects to its QMP socket.
 func (a *Agent) launch(ctx context.Context, nd *node) error {
-	os.Remove(nd.qmp)
-	logf, err := os.OpenFile(filepath.Join(nd.dir, "qemu.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	m, err := qemuhook.Start(ctx, nd.argv, qemuhook.StartOptions{QMP: nd.qmp, Cwd: nd.dir,
+		Log: filepath.Join(nd.dir, "qemu.log"), StartTimeout: a.cfg.StartTimeout, Logger: a.cfg.Logger})
 	if err != nil {
-		return err
+		return fmt.Errorf("node %s: %w", nd.name, err)
 	}
-	defer logf.Close()
-	cmd := exec.Command(nd.argv[0], nd.argv[1:]...)
-	cmd.Dir = nd.dir
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("node %s: start qemu: %w", nd.name, err)
-	}
-	nd.proc = cmd.Process
-	nd.done = make(chan struct{})
-	go func() { cmd.Wait(); close(nd.done) }()
-	deadline := time.Now().Add(a.cfg.StartTimeout)
-	for {
-		// QEMU creates the socket file at bind and accepts after listen:
-		// a refused connection in between is retried, not fatal.
-		dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		m, err := qemuhook.Connect(dctx, qemuhook.Config{QMP: nd.qmp, Logger: a.cfg.Logger})
-		cancel()
-		if err == nil {
-			nd.m = m
-			return nil
-		}
-		select {
-		case <-nd.done:
-			b, _ := os.ReadFile(filepath.Join(nd.dir, "qemu.log"))
-			return fmt.Errorf("node %s: qemu exited at start: %s", nd.name, lastLines(string(b), 5))
-		default:
-		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			nd.proc.Kill()
-			<-nd.done
-			return fmt.Errorf("node %s: qemu did not open %s: %w", nd.name, nd.qmp, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	nd.m = m
+	return nil
 }
 
 func lastLines(s string, n int) string {
@@ -618,10 +582,6 @@ func (a *Agent) teardown(ctx context.Context, e *exp) error {
 				nd.m.Kill()
 			}
 			nd.m.Close()
-		}
-		if nd.proc != nil {
-			nd.proc.Kill()
-			<-nd.done
 		}
 		if err != nil {
 			return fmt.Errorf("node %s: %w", nd.name, err)

@@ -304,6 +304,35 @@ func incomingFromFile(ctx context.Context, mon *monitor, dir string, f hyperviso
 	return nil
 }
 
+// StartOptions configure Start.
+type StartOptions struct {
+	// QMP is the QMP socket path argv opens. Required.
+	QMP string
+	// Cwd is QEMU's working directory (empty: this process's).
+	Cwd string
+	// Log receives QEMU's stdout and stderr (appended); empty discards them.
+	Log string
+	// StartTimeout bounds how long QEMU may take to open its QMP socket;
+	// default 60 s.
+	StartTimeout time.Duration
+	Logger       *slog.Logger
+}
+
+// Start boots QEMU with the command line argv, detached in its own session
+// so that it outlives this process, and connects to its QMP socket, with
+// the same guarantees as Restore: a live VM's socket is refused, a dead one
+// replaced, and a QEMU that exits or never opens its socket is an error
+// with nothing left running.
+func Start(ctx context.Context, argv []string, o StartOptions) (*Machine, error) {
+	if len(argv) == 0 || o.QMP == "" {
+		return nil, errors.New("qemuhook: Start needs a command line and its QMP socket path")
+	}
+	if o.StartTimeout == 0 {
+		o.StartTimeout = 60 * time.Second
+	}
+	return start(ctx, argv, savedConfig{QMP: o.QMP, Cwd: o.Cwd}, RestoreOptions{Log: o.Log, StartTimeout: o.StartTimeout, Logger: o.Logger})
+}
+
 // start runs QEMU with argv (detached in its own session, so it outlives
 // the stasis process) and connects to its QMP socket.
 func start(ctx context.Context, argv []string, cfg savedConfig, opts RestoreOptions) (*Machine, error) {
